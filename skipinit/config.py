@@ -1,0 +1,184 @@
+"""Config helpers shared by the files in configs/: defaults, the `get_config(arg)` mini-language, checks.
+
+A config file's `get_config(arg)` takes a comma-separated list of presets and `key=value` pairs,
+e.g. "16-4", "smoke", "depth=100,width=2,normalizer=skipinit,alpha_init=0". A key may be given
+in full ("train.lr") or by its last part when that is unambiguous ("lr"). Values are converted to
+the type of the default, and the config is locked so a misspelt key fails loudly.
+"""
+
+import json
+import re
+from typing import Callable, Mapping
+
+import ml_collections
+from ml_collections import config_dict
+
+from skipinit.errors import ConfigError
+
+SCHEDULES = ("paper_halving", "cosine", "constant", "step")
+OPTIMIZERS = ("sgd",)
+DATA_SOURCES = ("tfds", "folder", "synthetic")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults of every key (DESIGN.md "Config keys"); the family configs override some of them."""
+  c = ml_collections.ConfigDict()
+  c.model = dict(
+      name="wrn", depth=16, width=4, normalizer="batchnorm",
+      alpha_init="0",            # skipinit: "0", "inv_sqrt_d", "1" or a number
+      ghost_batch_size=64,       # batchnorm: examples per BN statistic; 0 = the whole batch
+      conv_bias=config_dict.placeholder(bool),  # None: the recipe's default (on without BN)
+      dropout_rate=0.0, dtype="float32", remat=False, num_classes=10,
+      nf_alpha=0.2, nf_skip_gain_init=0.0)
+  c.data = dict(
+      name="cifar10", source="tfds",
+      path="",                   # folder source: class-folder tree or a .tar.gz of one
+      data_dir="",               # tfds data_dir; "" = tfds' default
+      cache_dir="~/.cache/skipinit",  # decoded folder data sets are cached here
+      synthetic_train_size=1024, synthetic_test_size=256,
+      image_size=32, num_workers=16, shuffle_buffer=16 * 1024)
+  c.train = dict(
+      batch_size=64, epochs=200.0, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
+      weight_decay=5e-4,
+      weight_decay_all=False,    # False: no decay on alpha, biases, BN scale/offset, gains
+      schedule="paper_halving", warmup_epochs=0.0,
+      step_boundaries=(0.5, 0.75), step_factor=0.1,
+      label_smoothing=0.0, seed=0,
+      eval_every_epochs=1.0, checkpoint_every_epochs=1.0, keep_checkpoints=3,
+      eval_batch_size=1000,
+      steps_per_dispatch=8,      # train steps fused into one jitted call (lax.scan) on device data
+      num_devices=0,             # 0: every local device
+      fixup_scalar_lr_mult=0.1,  # Fixup's scalar biases and multipliers train at lr/10
+      agc_clip=0.0, agc_eps=1e-3,  # adaptive gradient clipping lambda; 0 = off
+      log_every_steps=100)
+  return c
+
+
+def _parse_value(key: str, text: str, default):
+  low = text.strip().lower()
+  if isinstance(default, bool) or (default is None and low in ("true", "false", "none")):
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    if low == "none":
+      return None
+    raise ConfigError(f"{key}={text!r}: expected true or false")
+  if isinstance(default, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ConfigError(f"{key}={text!r}: expected an integer") from None
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f"{key}={text!r}: expected a number") from None
+  if isinstance(default, tuple):
+    return tuple(float(v) for v in text.strip("()[] ").split(";") if v)
+  return text
+
+
+def all_keys(config) -> list[str]:
+  keys = []
+  for section, sub in config.items():
+    if isinstance(sub, ml_collections.ConfigDict):
+      keys.extend(f"{section}.{k}" for k in sub.keys())
+  return keys
+
+
+def resolve_key(config, key: str) -> str:
+  """Full dotted name of `key` ("lr" -> "train.lr"), or a ConfigError listing the choices."""
+  keys = all_keys(config)
+  if key in keys:
+    return key
+  matches = [k for k in keys if k.split(".")[-1] == key]
+  if len(matches) == 1:
+    return matches[0]
+  if matches:
+    raise ConfigError(f"config key {key!r} is ambiguous: use one of {', '.join(matches)}")
+  raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+
+
+def set_value(config, key: str, value) -> None:
+  """Sets a (possibly short) key, converting strings to the default's type."""
+  full = resolve_key(config, key)
+  section, name = full.split(".")
+  default = config[section][name]
+  if isinstance(value, str):
+    value = _parse_value(full, value, default)
+  elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  elif isinstance(default, str) and not isinstance(value, str):
+    value = str(value)
+  try:
+    config[section][name] = value
+  except TypeError as e:
+    raise ConfigError(f"{full}={value!r}: {e}") from None
+
+
+def apply_overrides(config, overrides: Mapping[str, object]) -> None:
+  for key, value in overrides.items():
+    set_value(config, key, value)
+
+
+def apply_arg(config, arg: str | None, presets: Mapping[str, Callable]) -> ml_collections.ConfigDict:
+  """Applies get_config's argument: presets (by name or regex) and key=value pairs, left to right."""
+  for item in filter(None, (p.strip() for p in (arg or "").split(","))):
+    if "=" in item:
+      key, value = item.split("=", 1)
+      set_value(config, key.strip(), value.strip())
+      continue
+    for pattern, preset in presets.items():
+      match = re.fullmatch(pattern, item)
+      if match:
+        preset(config, *match.groups())
+        break
+    else:
+      raise ConfigError(f"unknown config argument {item!r}: use key=value or one of the presets "
+                        f"{', '.join(presets)}")
+  return config
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Checks a whole config before anything is written; raises ConfigError with one clear line."""
+  from skipinit.models import validate_model_config  # the model zoo owns the model checks
+
+  t = config.train
+  if t.batch_size <= 0:
+    raise ConfigError(f"train.batch_size={t.batch_size} must be positive")
+  per_device = None
+  if num_devices:
+    if t.batch_size % num_devices:
+      raise ConfigError(
+          f"train.batch_size={t.batch_size} is not divisible by the {num_devices} devices: use a "
+          f"multiple of {num_devices} (or set train.num_devices)")
+    per_device = t.batch_size // num_devices
+  validate_model_config(config.model, per_device)
+  if config.model.normalizer == "batchnorm" and config.model.ghost_batch_size:
+    if t.batch_size % config.model.ghost_batch_size:
+      raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
+                        f"model.ghost_batch_size={config.model.ghost_batch_size}")
+  if t.schedule not in SCHEDULES:
+    raise ConfigError(f"train.schedule={t.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")
+  if t.optimizer not in OPTIMIZERS:
+    raise ConfigError(f"train.optimizer={t.optimizer!r} is unknown: use one of {', '.join(OPTIMIZERS)}")
+  if config.data.source not in DATA_SOURCES:
+    raise ConfigError(f"data.source={config.data.source!r} is unknown: use one of "
+                      f"{', '.join(DATA_SOURCES)}")
+  if config.data.source == "folder" and not config.data.path:
+    raise ConfigError("data.source=folder needs data.path: a class-folder tree (train/<class>/*.jpg, "
+                      "test/<class>/*.jpg) or a .tar.gz of one")
+  if t.epochs <= 0 or t.lr < 0 or t.eval_every_epochs <= 0 or t.checkpoint_every_epochs <= 0:
+    raise ConfigError("train.epochs, train.eval_every_epochs and train.checkpoint_every_epochs must "
+                      "be positive and train.lr non-negative")
+  if t.steps_per_dispatch < 1:
+    raise ConfigError(f"train.steps_per_dispatch={t.steps_per_dispatch} must be >= 1")
+
+
+def to_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(json.loads(text))

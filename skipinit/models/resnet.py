@@ -1,0 +1,172 @@
+"""One generic pre-activation ResNet; the Wide-ResNet and ResNet-V2 of PAPER.md section 2 are specs of it.
+
+The residual variant (BatchNorm, SkipInit, Fixup, ...) is a `Recipe` injected into `PreActBlock`.
+The identical blocks of a stage are stacked with `nn.scan`, so that a 1000-layer network traces
+and compiles one block per stage rather than 498 (DESIGN.md, "Depth up to 1000 layers").
+"""
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from skipinit.models.layers import GhostBatchNorm, WSConv, he_normal
+from skipinit.models.recipes import Recipe
+
+Dtype = Any
+ConvSpec = tuple[int, int, int]  # (features, kernel size, stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  num_blocks: int
+  features: int  # the branch width; bottleneck blocks output 4x this
+  stride: int
+  bottleneck: bool = False
+
+  def convs(self, stride: int) -> tuple[ConvSpec, ...]:
+    if self.bottleneck:  # ResNet-V2 puts the stride on the 3x3 conv
+      return ((self.features, 1, 1), (self.features, 3, stride), (4 * self.features, 1, 1))
+    return ((self.features, 3, stride), (self.features, 3, 1))
+
+
+def _channel_mean_batch_var(x):
+  """Mean over channels of the batch variance (over examples and positions): PAPER.md section 5."""
+  x = x.astype(jnp.float32)
+  return jnp.mean(jnp.var(x, axis=tuple(range(x.ndim - 1))))
+
+
+class _RecipeMixin:
+  """Builds the parts a recipe decides: norms, activations, convs and scalar biases."""
+
+  def norm(self, x, name, train):
+    r: Recipe = self.recipe
+    if not r.batchnorm:
+      return x
+    return GhostBatchNorm(use_running_average=not train, ghost_batch_size=r.ghost_batch_size,
+                          dtype=self.dtype, name=name)(x)
+
+  def scalar_bias(self, x, name):
+    if not self.recipe.scalar_biases:
+      return x
+    return x + self.param(name, nn.initializers.zeros, (), jnp.float32).astype(x.dtype)
+
+  def activate(self, x, name, train):
+    """relu(norm(x) + fixup bias) * NF gain: every activation of the network goes through here."""
+    y = nn.relu(self.scalar_bias(self.norm(x, name, train), f"{name}_bias"))
+    return y * self.recipe.activation_gain if self.recipe.activation_gain != 1.0 else y
+
+  def conv(self, features, kernel, stride, name, kernel_init=he_normal, use_bias=None):
+    r: Recipe = self.recipe
+    use_bias = r.conv_bias if use_bias is None else use_bias
+    cls = WSConv if r.weight_standardization else nn.Conv
+    extra = {} if r.weight_standardization else {"param_dtype": jnp.float32, "padding": "SAME"}
+    return cls(features=features, kernel_size=(kernel, kernel), strides=(stride, stride),
+               use_bias=use_bias, kernel_init=kernel_init, dtype=self.dtype, name=name, **extra)
+
+
+class PreActBlock(_RecipeMixin, nn.Module):
+  """Pre-activation residual block (PAPER.md section 2) for any recipe.
+
+  o = act(norm(x)); skip = proj(o) if the shape changes else x; the branch runs the convs with
+  act(norm(.)) between them; out = out_scale * (skip + multiplier * gain * branch). Called as
+  `(x, beta) -> (x, None)` so that `nn.scan` can stack it; beta scales the input for NF-ResNets.
+  """
+
+  convs: Sequence[ConvSpec]
+  recipe: Recipe
+  num_blocks: int  # d, all residual blocks of the network: sets Fixup's init scale
+  train: bool
+  project: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, beta):
+    r = self.recipe
+    o = self.activate(x, "norm0", self.train)
+    if r.track_variance:
+      o = o * beta.astype(o.dtype)
+    o = self.scalar_bias(o, "conv0_bias")
+    out_features, stride = self.convs[-1][0], max(s for _, _, s in self.convs)
+    skip = self.conv(out_features, 1, stride, "proj")(o) if self.project else x
+
+    m = len(self.convs)
+    y = o
+    for i, (features, kernel, s) in enumerate(self.convs):
+      if i:
+        y = self.scalar_bias(self.activate(y, f"norm{i}", self.train), f"conv{i}_bias")
+      init = he_normal
+      if r.fixup_init:  # Fixup: zero last conv, scale the others by L^(-1/(2m-2))
+        init = (nn.initializers.zeros if i == m - 1 else nn.initializers.variance_scaling(
+            2.0 * self.num_blocks ** (-1.0 / (m - 1)), "fan_in", "truncated_normal"))
+      y = self.conv(features, kernel, s, f"conv{i}", kernel_init=init)(y)
+
+    multiplier = r.branch_multiplier
+    if r.gain_name:
+      multiplier = multiplier * self.param(
+          r.gain_name, nn.initializers.constant(r.gain_init), (), jnp.float32)
+    y = self.scalar_bias(y * jnp.asarray(multiplier, y.dtype), "branch_bias")
+    self.sow("intermediates", "skip_var", _channel_mean_batch_var(skip))
+    self.sow("intermediates", "branch_var", _channel_mean_batch_var(y))
+    out = skip + y
+    if r.out_scale != 1.0:
+      out = out * r.out_scale
+    return out.astype(self.dtype), None
+
+
+class ResNet(_RecipeMixin, nn.Module):
+  """Pre-activation ResNet: stem, stages of `PreActBlock`s, then act(norm(.)) -> pool -> linear."""
+
+  stages: Sequence[StageSpec]
+  recipe: Recipe
+  num_classes: int
+  stem_features: int = 16
+  imagenet_stem: bool = False  # 7x7/2 conv + 3x3/2 max-pool instead of one 3x3 conv
+  dropout_rate: float = 0.0
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @property
+  def num_blocks(self) -> int:
+    return sum(s.num_blocks for s in self.stages)
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    r = self.recipe
+    x = x.astype(self.dtype)
+    if self.imagenet_stem:
+      x = self.conv(self.stem_features, 7, 2, "stem", use_bias=False)(x)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    else:
+      x = self.conv(self.stem_features, 3, 1, "stem", use_bias=False)(x)
+
+    block_cls = nn.remat(PreActBlock, prevent_cse=False) if self.remat else PreActBlock
+    common = dict(recipe=r, num_blocks=self.num_blocks, train=train, dtype=self.dtype)
+    alpha2 = r.branch_multiplier ** 2
+    expected_var = 1.0  # NF-ResNets: the analytic variance of the skip path entering each block
+    for j, stage in enumerate(self.stages):
+      out_features = stage.convs(stage.stride)[-1][0]
+      project = stage.stride != 1 or x.shape[-1] != out_features
+      x, _ = block_cls(convs=stage.convs(stage.stride), project=project, name=f"stage{j}_block0",
+                       **common)(x, jnp.asarray(1.0 / math.sqrt(expected_var), jnp.float32))
+      # A projected skip path starts again from act(x) * beta, of variance ~1.
+      expected_var = (1.0 if project else expected_var) + alpha2
+      n = stage.num_blocks - 1
+      if n:
+        betas = 1.0 / jnp.sqrt(expected_var + alpha2 * jnp.arange(n, dtype=jnp.float32))
+        stack = nn.scan(block_cls, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                        split_rngs={"params": True, "dropout": True}, length=n)
+        x, _ = stack(convs=stage.convs(1), name=f"stage{j}_blocks", **common)(x, betas)
+        expected_var += n * alpha2
+
+    x = self.activate(x, "final_norm", train)
+    x = jnp.mean(x, axis=(1, 2))
+    if self.dropout_rate:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = self.scalar_bias(x, "head_bias")
+    init = nn.initializers.zeros if r.zero_init_classifier else nn.initializers.lecun_normal()
+    x = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="classifier")(x)
+    return x.astype(jnp.float32)
