@@ -1,0 +1,1 @@
+"""Data sources: CIFAR-10 (tfds, folder, synthetic; held on device) and ImageNet (streamed)."""

@@ -1,0 +1,149 @@
+"""CIFAR-10 as uint8 numpy arrays, from tfds, a class-folder tree / .tar.gz of one, or synthetic data.
+
+The whole data set (150 MB as uint8) is put on the accelerator by the trainer, and augmented there
+(`skipinit.data.augment`), so nothing here needs TensorFlow except the `tfds` source, which
+imports it lazily.
+"""
+
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+
+import numpy as np
+
+from skipinit.errors import DataError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the CIFAR-10 training set (0..255 scale), used for normalization.
+MEAN = np.array([125.3, 123.0, 113.9], np.float32)
+STD = np.array([63.0, 62.1, 66.7], np.float32)
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def _decode(data: bytes) -> np.ndarray:
+  from PIL import Image  # imported here: only the folder source decodes images
+  with Image.open(io.BytesIO(data)) as im:
+    arr = np.asarray(im.convert("RGB"), np.uint8)
+  if arr.shape != IMAGE_SHAPE:
+    raise DataError(f"expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} RGB images, found one of shape "
+                    f"{arr.shape}")
+  return arr
+
+
+def _walk_members(path: str):
+  """Yields (split, class_name, file_name, read_bytes) for every image under train/ and test/."""
+  if os.path.isdir(path):
+    for split in ("train", "test"):
+      for cls in CLASSES:
+        folder = os.path.join(path, split, cls)
+        if not os.path.isdir(folder):
+          continue
+        for name in sorted(os.listdir(folder)):
+          full = os.path.join(folder, name)
+          yield split, cls, name, lambda full=full: open(full, "rb").read()
+    return
+  with tarfile.open(path, "r:*") as tar:
+    members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+    for m in members:
+      parts = m.name.strip("./").split("/")
+      if len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES:
+        yield parts[-3], parts[-2], parts[-1], lambda m=m: tar.extractfile(m).read()
+
+
+def read_folder(path: str) -> dict:
+  """Decodes a CIFAR-10 class-folder tree or .tar.gz of one: {split: (images uint8 NHWC, labels)}.
+
+  Layout: {train,test}/<class>/<file>.jpg|png with the tfds class order (CLASSES) as labels.
+  """
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    raise DataError(f"data.path={path!r} does not exist: give a CIFAR-10 class-folder tree "
+                    "(train/<class>/*.jpg, test/<class>/*.jpg) or a .tar.gz of one")
+  images = {"train": [], "test": []}
+  labels = {"train": [], "test": []}
+  for split, cls, _, read in _walk_members(path):
+    images[split].append(_decode(read()))
+    labels[split].append(CLASSES.index(cls))
+  for split in ("train", "test"):
+    if not images[split]:
+      raise DataError(f"no {split} images found under {path!r}: expected {split}/<class>/<image> "
+                      f"with classes {', '.join(CLASSES)}")
+  return {s: (np.stack(images[s]), np.asarray(labels[s], np.int32)) for s in ("train", "test")}
+
+
+def _cache_file(path: str, cache_dir: str) -> str:
+  st = os.stat(path)
+  key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+  return os.path.join(os.path.expanduser(cache_dir), f"cifar10_{key[:16]}.npz")
+
+
+def load_folder(path: str, cache_dir: str | None = "~/.cache/skipinit") -> dict:
+  """`read_folder`, cached as .npz (decoding 60,000 JPEGs takes a while; loading the cache does not).
+
+  Only archives are cached (keyed by path, size and mtime): a directory's contents can change
+  without its own mtime changing, so it is decoded each time.
+  """
+  path = os.path.expanduser(path)
+  if not os.path.exists(path):
+    return read_folder(path)  # raises the clear DataError
+  cache = _cache_file(path, cache_dir) if cache_dir and not os.path.isdir(path) else None
+  if cache and os.path.exists(cache):
+    try:
+      with np.load(cache) as z:
+        return {s: (z[f"{s}_images"], z[f"{s}_labels"]) for s in ("train", "test")}
+    except (OSError, ValueError, KeyError):
+      pass  # unreadable cache: decode again and rewrite it
+  data = read_folder(path)
+  if cache:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **{f"{s}_{k}": v for s, (im, lb) in data.items()
+                     for k, v in (("images", im), ("labels", lb))})
+    os.replace(tmp, cache)  # atomic: two runs decoding at once never see half a file
+  return data
+
+
+def load_tfds(data_dir: str | None = None) -> dict:
+  """CIFAR-10 from tensorflow-datasets (needs TensorFlow and, the first time, the internet)."""
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError("data.source=tfds needs tensorflow-datasets (pip install -e .[imagenet]); "
+                    "without it use data.source=folder with data.path=<cifar10 class folders or "
+                    ".tar.gz>") from None
+  try:
+    ds = tfds.as_numpy(tfds.load("cifar10", data_dir=data_dir or None, batch_size=-1))
+  except Exception as e:  # tfds raises many types when offline (DownloadError, ConnectionError...)
+    raise DataError(
+        f"tfds could not load cifar10 ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+        "Offline? Use data.source=folder with data.path=<a CIFAR-10 class-folder tree or .tar.gz "
+        "of one>, e.g. the JPEG copy cifar10-jpeg.tar.gz") from None
+  return {s: (ds[s]["image"].astype(np.uint8), ds[s]["label"].astype(np.int32))
+          for s in ("train", "test")}
+
+
+def synthetic(train_size: int, test_size: int, seed: int = 0) -> dict:
+  """Learnable fake CIFAR: each class has its own mean colour pattern plus noise."""
+  rng = np.random.default_rng(seed)
+  prototypes = rng.uniform(40, 215, size=(len(CLASSES),) + IMAGE_SHAPE)
+  out = {}
+  for split, n in (("train", train_size), ("test", test_size)):
+    labels = rng.integers(0, len(CLASSES), size=n).astype(np.int32)
+    noise = rng.normal(0, 50, size=(n,) + IMAGE_SHAPE)
+    out[split] = (np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8), labels)
+  return out
+
+
+def load(data_config) -> dict:
+  """The CIFAR-10 arrays a `data` config selects: {"train"|"test": (uint8 NHWC, int32 labels)}."""
+  source = data_config.source
+  if source == "folder":
+    return load_folder(data_config.path, data_config.get("cache_dir") or None)
+  if source == "tfds":
+    return load_tfds(data_config.get("data_dir") or None)
+  if source == "synthetic":
+    return synthetic(data_config.synthetic_train_size, data_config.synthetic_test_size)
+  raise DataError(f"data.source={source!r} is unknown: use tfds, folder or synthetic")
