@@ -20,16 +20,23 @@ OPTIMIZERS = ("sgd",)
 DATA_SOURCES = ("tfds", "folder", "synthetic")
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Defaults of every key (DESIGN.md "Config keys"); the family configs override some of them."""
+def base_config(**model_defaults) -> ml_collections.ConfigDict:
+  """Defaults of every key (DESIGN.md "Config keys"); the family configs override some of them.
+
+  `model_defaults` replace model defaults before the types are fixed: ResNet-V2 passes
+  width=1.0 so that its width is a float (a multiple of 1/64), while a WRN's width is an int.
+  """
   c = ml_collections.ConfigDict()
-  c.model = dict(
+  model = dict(
       name="wrn", depth=16, width=4, normalizer="batchnorm",
       alpha_init="0",            # skipinit: "0", "inv_sqrt_d", "1" or a number
       ghost_batch_size=64,       # batchnorm: examples per BN statistic; 0 = the whole batch
       conv_bias=config_dict.placeholder(bool),  # None: the recipe's default (on without BN)
       dropout_rate=0.0, dtype="float32", remat=False, num_classes=10,
+      scan_unroll=0,             # blocks per nn.scan iteration; 0: auto (unrolls short stages on CPU)
       nf_alpha=0.2, nf_skip_gain_init=0.0)
+  model.update(model_defaults)
+  c.model = model
   c.data = dict(
       name="cifar10", source="tfds",
       path="",                   # folder source: class-folder tree or a .tar.gz of one

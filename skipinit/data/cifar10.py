@@ -126,9 +126,14 @@ def load_tfds(data_dir: str | None = None) -> dict:
 
 
 def synthetic(train_size: int, test_size: int, seed: int = 0) -> dict:
-  """Learnable fake CIFAR: each class has its own mean colour pattern plus noise."""
+  """Learnable fake CIFAR: each class has its own colour and smooth pattern, plus pixel noise."""
   rng = np.random.default_rng(seed)
-  prototypes = rng.uniform(40, 215, size=(len(CLASSES),) + IMAGE_SHAPE)
+  colours = rng.uniform(60, 195, size=(len(CLASSES), 1, 1, 3))
+  ramp = np.linspace(-1, 1, IMAGE_SHAPE[0])
+  angles = rng.uniform(0, np.pi, size=len(CLASSES))
+  waves = np.sin(4 * (np.cos(angles)[:, None, None] * ramp[None, :, None]
+                      + np.sin(angles)[:, None, None] * ramp[None, None, :]))
+  prototypes = colours + 40 * waves[..., None]
   out = {}
   for split, n in (("train", train_size), ("test", test_size)):
     labels = rng.integers(0, len(CLASSES), size=n).astype(np.int32)

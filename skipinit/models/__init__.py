@@ -83,6 +83,7 @@ def build_model(model_config) -> ResNet:
       imagenet_stem=imagenet,
       dropout_rate=float(model_config.get("dropout_rate", 0.0)),
       remat=bool(model_config.get("remat", False)),
+      scan_unroll=int(model_config.get("scan_unroll", 0)),
       dtype=DTYPES[model_config.get("dtype", "float32")],
   )
 

@@ -1,0 +1,280 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind scripts/train.py (DESIGN.md).
+
+Order of work, so that bad input never damages an existing run directory: validate the config,
+compare it with the run already in `workdir`, load the data, and only then write anything.
+"""
+
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from skipinit import config as cfg_lib
+from skipinit import models
+from skipinit.data import augment, cifar10
+from skipinit.errors import ConfigError
+from skipinit.train import optim, rundir, sharding, steps
+from skipinit.train.checkpoint import Checkpointer
+
+DIVERGED, COMPLETED, FAILED, RUNNING = "diverged", "completed", "failed", "running"
+
+
+class _Preemption:
+  """Turns SIGTERM (what SLURM and cloud schedulers send before killing) into a clean stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def __exit__(self, *_):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class DeviceData:
+  """A data set held whole on the devices (CIFAR-10): k train steps per dispatch, augmented there."""
+
+  def __init__(self, config, mesh):
+    arrays = cifar10.load(config.data)
+    self.train_images, self.train_labels = arrays["train"]
+    test_images, test_labels = arrays["test"]
+    self.num_train = len(self.train_labels)
+    self.batch_size = config.train.batch_size
+    self.seed = config.train.seed
+    self.k = config.train.steps_per_dispatch
+    self.mesh = mesh
+    if self.batch_size > self.num_train:
+      raise ConfigError(f"train.batch_size={self.batch_size} is larger than the training set "
+                        f"({self.num_train} examples)")
+    self.steps_per_epoch = self.num_train // self.batch_size
+    rep = sharding.replicated(mesh)
+    self.images = sharding.put_global(self.train_images, rep)
+    self.labels = sharding.put_global(self.train_labels, rep)
+
+    # Pad the test set to whole eval batches (a multiple of the device count); padding is masked.
+    eb = math.ceil(min(config.train.eval_batch_size, len(test_labels)) / mesh.size) * mesh.size
+    nb = math.ceil(len(test_labels) / eb)
+    pad = nb * eb - len(test_labels)
+    mask = np.concatenate([np.ones(len(test_labels), bool), np.zeros(pad, bool)])
+    test_images = np.concatenate([test_images, np.zeros((pad,) + test_images.shape[1:], np.uint8)])
+    test_labels = np.concatenate([test_labels, np.zeros(pad, np.int32)])
+    eval_sharding = sharding.batch_sharded(mesh, batch_axis=1)
+    self.test = tuple(sharding.put_global(a.reshape((nb, eb) + a.shape[1:]), eval_sharding)
+                      for a in (test_images, test_labels, mask))
+    self._idx_sharding = sharding.batch_sharded(mesh, batch_axis=1)
+    self._perm_epoch, self._perm = None, None
+
+  def compile(self, config, model, train_step, base_key):
+    """Builds the jitted k-step chunk and the one-dispatch evaluation."""
+    mesh = self.mesh
+    dtype = models.DTYPES[config.model.dtype]
+    preprocess = lambda x: augment.normalize(x, cifar10.MEAN, cifar10.STD, dtype)
+    train_aug = lambda rng, x: preprocess(augment.pad_crop_flip(rng, x))
+    self._chunk = jax.jit(steps.make_device_data_chunk(
+        train_step, train_aug, base_key, sharding.batch_sharded(mesh)), donate_argnums=0)
+    self._eval = jax.jit(steps.make_device_data_eval(
+        steps.make_eval_fn(model, config.model.num_classes, preprocess)))
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    """The shuffle of one epoch, a function of (seed, epoch) only, so resumption sees the same data."""
+    if self._perm_epoch != epoch:
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_train)
+      self._perm = perm[: self.steps_per_epoch * self.batch_size].reshape(
+          self.steps_per_epoch, self.batch_size).astype(np.int32)
+      self._perm_epoch = epoch
+    return self._perm
+
+  def train(self, state, start: int, end: int):
+    """Runs steps [start, end), cutting dispatches at epoch ends and every k steps."""
+    step = start
+    while step < end:
+      epoch, pos = divmod(step, self.steps_per_epoch)
+      n = min(self.k, end - step, self.steps_per_epoch - pos)
+      idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
+      state = self._chunk(state, self.images, self.labels, idx)
+      step += n
+    return state
+
+  def evaluate(self, state) -> dict:
+    return jax.device_get(self._eval(state.variables(), *self.test))
+
+
+class StreamedData:
+  """A data set streamed from the host (ImageNet): one step per dispatch, per-process slices."""
+
+  def __init__(self, config, mesh):
+    from skipinit.data import imagenet  # TensorFlow stays out of CIFAR runs
+    self.source = imagenet.make_imagenet(config, jax.process_index(), jax.process_count())
+    self.mesh = mesh
+    self.batch_size = config.train.batch_size
+    self.num_train = self.source.num_train_examples
+    if self.batch_size > self.num_train:
+      raise ConfigError(f"train.batch_size={self.batch_size} is larger than the training set "
+                        f"({self.num_train} examples)")
+    self.steps_per_epoch = self.num_train // self.batch_size
+    self._iter, self._iter_step = None, None
+
+  def compile(self, config, model, train_step, base_key):
+
+    def one_step(state, images, labels):
+      rng = jax.random.fold_in(base_key, state.step)
+      return train_step(state, images, labels, rng)
+
+    self._step = jax.jit(one_step, donate_argnums=0)
+    self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, lambda x: x))
+
+  def train(self, state, start: int, end: int):
+    for step in range(start, end):
+      epoch, pos = divmod(step, self.steps_per_epoch)
+      if self._iter is None or self._iter_step != step or pos == 0:
+        self._iter = iter(self.source.train_batches(epoch, start_step=pos))
+      batch = sharding.put_process_local(next(self._iter), self.mesh)
+      state = self._step(state, batch["images"], batch["labels"])
+      self._iter_step = step + 1
+    return state
+
+  def evaluate(self, state) -> dict:
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    variables = state.variables()
+    for batch in self.source.eval_batches():
+      b = sharding.put_process_local(batch, self.mesh)
+      out = jax.device_get(self._eval(variables, b["images"], b["labels"], b["mask"]))
+      totals = {k: totals[k] + float(out[k]) for k in totals}
+    return totals
+
+
+def _boundaries(total: int, every_steps: float) -> set[int]:
+  every = max(1.0, every_steps)
+  return {min(total, int(round(i * every))) for i in range(1, int(math.ceil(total / every)) + 1)}
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains and evaluates the model a config describes; returns the final status record.
+
+  Resumes from the newest checkpoint in `workdir`; a completed or diverged run is reported, not
+  redone. A non-finite loss or gradient norm ends the run with status "diverged" (PAPER.md 4:
+  a diverged run is a result, not a number).
+  """
+  sharding.maybe_initialize_distributed()
+  mesh = sharding.make_mesh(config.train.num_devices)
+  cfg_lib.validate(config, num_devices=mesh.size)
+  if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
+    raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                      f"{jax.process_count()} processes")
+  rundir.check_config(workdir, config)
+  existing = rundir.read_status(workdir)
+  if existing and existing.get("status") in (COMPLETED, DIVERGED):
+    logging.info("run in %s already ended (%s); not redone", workdir, existing["status"])
+    return existing
+
+  t = config.train
+  model = models.build_model(config.model)
+  init_key, data_key = jax.random.split(jax.random.key(t.seed))
+  data = (StreamedData if config.data.name == "imagenet2012" else DeviceData)(config, mesh)
+  lr_fn = optim.create_learning_rate_fn(t, data.steps_per_epoch)
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+  # Parameter shapes decide the optimizer's masks; eval_shape finds them without computing.
+  abstract_params = jax.eval_shape(
+      lambda: model.init(init_key, jnp.zeros((1,) + image_shape), train=False))["params"]
+  recipe = model.recipe
+  tx = optim.make_optimizer(t, lr_fn, abstract_params, recipe.name, recipe.gain_name or "")
+  train_step = steps.make_train_step(model, tx, config.model.num_classes, t.label_smoothing)
+  data.compile(config, model, train_step, data_key)
+
+  os.makedirs(workdir, exist_ok=True)
+  rundir.write_config(workdir, config)
+  rep = sharding.replicated(mesh)
+  state = jax.jit(lambda: steps.create_train_state(model, tx, init_key, image_shape),
+                  out_shardings=rep)()
+  ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
+  restored, start = ckpt.restore(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+  if restored is not None:
+    state = restored
+    logging.info("resumed from the checkpoint at step %d", start)
+  log = rundir.MetricsLog(workdir, resume_step=start)
+
+  spe = data.steps_per_epoch
+  total = max(1, int(round(t.epochs * spe)))
+  evals = _boundaries(total, t.eval_every_epochs * spe)
+  ckpts = _boundaries(total, t.checkpoint_every_epochs * spe) | {total}
+  logs = _boundaries(total, t.log_every_steps)
+  stops = sorted(s for s in evals | ckpts | logs if s > start)
+  rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe, total_steps=total)
+  logging.info("training %s-%s %s for %d steps (%d per epoch) on %d devices, batch %d",
+               config.model.name, config.model.depth, config.model.normalizer, total, spe,
+               mesh.size, t.batch_size)
+
+  def final(status, **fields):
+    ckpt.wait()
+    ckpt.close()
+    log.close()
+    return rundir.write_status(workdir, status, **fields)
+
+  step, window_start, window_step, run_start = start, time.time(), start, time.time()
+  record = {}
+  try:
+    with _Preemption() as preempt:
+      for stop in stops:
+        state = data.train(state, step, stop)
+        step = stop
+        bad = int(jax.device_get(state.first_bad_step))
+        if bad >= 0:
+          logging.warning("loss or gradient norm not finite at step %d: run diverged", bad)
+          return final(DIVERGED, step=bad, diverged_step=bad, epoch=bad / spe, total_steps=total)
+        if step in logs or step in evals:
+          sums = jax.device_get((state.loss_sum, state.correct_sum, state.count))
+          now = time.time()
+          rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
+          eta = (total - step) * t.batch_size / max(rate, 1e-9)
+          logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s ETA %s",
+                       step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
+                       100 * sums[1] / max(sums[2], 1), rate, _format_eta(eta))
+        if step in evals:
+          ev = data.evaluate(state)
+          record = {"step": step, "epoch": step / spe,
+                    "train_loss": float(sums[0] / max(sums[2], 1)),
+                    "train_acc": float(sums[1] / max(sums[2], 1)),
+                    "test_loss": float(ev["loss"] / ev["count"]),
+                    "test_acc": float(ev["correct"] / ev["count"]),
+                    "lr": float(lr_fn(step - 1)), "examples_per_sec": float(rate),
+                    "wall_time": time.time() - run_start}
+          log.write(record)
+          logging.info("eval at epoch %.2f: test loss %.4f, test accuracy %.2f%%",
+                       record["epoch"], record["test_loss"], 100 * record["test_acc"])
+          state = state.replace(**jax.device_put(steps.zero_metric_sums(), rep))
+        if step in logs or step in evals:
+          window_start, window_step = time.time(), step
+        if step in ckpts or preempt.requested:
+          ckpt.save(step, state)
+        if preempt.requested and step < total:
+          logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)
+          ckpt.wait()
+          return rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe,
+                                     total_steps=total, preempted=True)
+  except Exception as e:
+    final(FAILED, step=step, epoch=step / spe, error=f"{type(e).__name__}: {e}"[:2000])
+    raise
+  fields = {k: record[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")
+            if k in record}
+  return final(COMPLETED, step=step, epoch=step / spe, total_steps=total, **fields)

@@ -1,0 +1,140 @@
+"""The run directory of DESIGN.md: config.json, metrics.jsonl, status.json, TensorBoard events.
+
+Tables and sweeps read only these files. Writes are atomic (write to a temporary file, then
+rename) so a preempted run never leaves half a status or config behind.
+"""
+
+import json
+import os
+import tempfile
+
+import jax
+from absl import logging
+
+from skipinit import config as cfg_lib
+from skipinit.errors import ConfigError
+
+# Keys that may change between a run and its resumption without changing its results.
+RESUMABLE_KEYS = {"train.num_devices", "train.steps_per_dispatch", "train.log_every_steps",
+                  "train.eval_batch_size", "data.cache_dir", "data.num_workers", "data.path",
+                  "data.data_dir", "model.remat", "model.scan_unroll"}
+
+
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+def atomic_write(path: str, text: str) -> None:
+  if not _is_chief():
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_status(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "status.json")
+  try:
+    return read_json(path)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def write_status(workdir: str, status: str, **fields) -> dict:
+  record = {"status": status, **fields}
+  atomic_write(os.path.join(workdir, "status.json"), json.dumps(record, indent=2, sort_keys=True))
+  return record
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_config(workdir: str, config) -> None:
+  """Raises ConfigError if `workdir` already holds a run made with a different config.
+
+  A different config is an error rather than an overwrite: the checkpoints there belong to the
+  old config and must not be mixed with the new one. Keys in RESUMABLE_KEYS may differ.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  new = _flat(json.loads(cfg_lib.to_json(config)))
+  try:
+    old = _flat(read_json(path))
+  except json.JSONDecodeError:
+    raise ConfigError(f"{path} is not valid JSON: repair or remove it, or use a new --workdir") from None
+  diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
+          if k not in RESUMABLE_KEYS and old.get(k) != v]
+  if diff:
+    raise ConfigError(f"workdir {workdir} holds a run with a different config ({'; '.join(diff[:5])}"
+                      f"{'; ...' if len(diff) > 5 else ''}): use a new --workdir")
+
+
+def write_config(workdir: str, config) -> None:
+  atomic_write(os.path.join(workdir, "config.json"), cfg_lib.to_json(config))
+
+
+class MetricsLog:
+  """metrics.jsonl (one JSON object per eval) plus TensorBoard scalars, on the chief process."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._truncate_after(resume_step)
+    self._tb = None
+    if _is_chief():
+      try:
+        from tensorboardX import SummaryWriter  # pure Python: TensorBoard logs without TensorFlow
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:
+        logging.warning("tensorboardX is not installed: no TensorBoard events are written")
+
+  def _truncate_after(self, step: int) -> None:
+    """Drops records written after the checkpoint we resume from, so none appears twice."""
+    if not os.path.exists(self.path):
+      return
+    keep = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          if json.loads(line)["step"] <= step:
+            keep.append(line if line.endswith("\n") else line + "\n")
+        except (json.JSONDecodeError, KeyError):
+          pass  # a line cut by preemption
+    atomic_write(self.path, "".join(keep))
+
+  def write(self, record: dict) -> None:
+    if not _is_chief():
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, record["step"])
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,64 @@
+"""Data parallelism over a `jax.make_mesh` mesh: batch sharded on "data", parameters replicated.
+
+No pmap (in maintenance mode in current JAX): `jax.jit` partitions the step from the shardings of
+its inputs. Multi-host: every process calls `jax.distributed.initialize()` first and feeds its slice.
+"""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from skipinit.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed() -> None:
+  """`jax.distributed.initialize()` when the environment describes several processes.
+
+  It auto-detects SLURM, Open MPI and Cloud TPU; JAX_COORDINATOR_ADDRESS (with
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID) covers any other launcher. Set SKIPINIT_DISTRIBUTED=0/1
+  to force it off/on.
+  """
+  forced = os.environ.get("SKIPINIT_DISTRIBUTED")
+  if forced == "0":
+    return
+  several = (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
+             or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ)
+  if forced == "1" or several:
+    if not jax.distributed.is_initialized():
+      jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `num_devices` devices (0: all of them, across all hosts)."""
+  devices = jax.devices()
+  n = num_devices or len(devices)
+  if n > len(devices):
+    raise ConfigError(f"train.num_devices={n} but only {len(devices)} devices are available")
+  if jax.process_count() > 1 and n != len(devices):
+    raise ConfigError("train.num_devices must be 0 (all devices) in a multi-host run")
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices[:n])
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh, batch_axis: int = 0) -> NamedSharding:
+  return NamedSharding(mesh, P(*([None] * batch_axis), DATA_AXIS))
+
+
+def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array that every process holds whole (multi-host safe)."""
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def put_process_local(batch, mesh, batch_axis: int = 0):
+  """A global batch from each process's slice of it (streamed data such as ImageNet)."""
+  sharding = batch_sharded(mesh, batch_axis)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

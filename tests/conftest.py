@@ -1,0 +1,32 @@
+"""Test setup: 8 fake CPU devices for the multi-device tests (DESIGN.md style 6)."""
+
+import os
+import sys
+
+# Must be set before JAX initializes its backend. The tests' programs are tiny and compile-bound:
+# LLVM optimization level 0 compiles them ~5x faster (measured: WRN-22-1 init 24 s -> 5 s).
+TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE_DIR = os.path.join(ROOT, "tests", "data", "cifar10_sample")
+sys.path.insert(0, ROOT)
+
+
+def load_config_module(name: str):
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture
+def cifar_config():
+  """get_config of configs/cifar10_wrn.py: cifar_config("smoke,lr=0.1")."""
+  return load_config_module("cifar10_wrn").get_config

@@ -1,0 +1,200 @@
+"""Model zoo (issue 2): parameter counts, the variants' properties at init, ghost BN, errors."""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from skipinit import ConfigError, config as cfg_lib, models
+from skipinit.models.layers import GhostBatchNorm
+
+
+def model_config(**overrides):
+  width = overrides.pop("width", None)
+  c = cfg_lib.base_config(**({} if width is None else {"width": width})).model
+  c.update(overrides)
+  return c
+
+
+def count_params(cfg, size=32):
+  m = models.build_model(cfg)
+  shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("depth,width,expected", [
+    (16, 4, 2_748_890), (28, 10, 36_479_194), (100, 2, 6_123_226), (1000, 2, 64_318_426)])
+def test_batchnorm_wrn_parameter_counts_match_paper(depth, width, expected):
+  assert count_params(model_config(depth=depth, width=width)) == expected
+
+
+def test_resnet50_v2_parameter_count():
+  # timm's resnetv2_50 (the same pre-activation bottleneck net) lists 25.55 M parameters.
+  cfg = model_config(name="resnet_v2", depth=50, width=1.0, num_classes=1000)
+  assert abs(count_params(cfg, size=64) - 25.55e6) < 0.01e6
+
+
+def init(cfg, x, seed=0):
+  m = models.build_model(cfg)
+  return jax.jit(lambda: m.init(jax.random.key(seed), x, train=False))()
+
+
+def jit_apply(m, **kwargs):
+  """m.apply under jit: eager flax applies dispatch op by op and are slow on CPU."""
+  return jax.jit(lambda v, x: m.apply(v, x, **kwargs))
+
+
+def images(n=8, seed=0):
+  return jax.random.normal(jax.random.key(seed), (n, 32, 32, 3))
+
+
+def test_skipinit_alpha0_ignores_residual_branch_weights():
+  cfg = model_config(depth=22, width=1, normalizer="skipinit", alpha_init="0")
+  m, x = models.build_model(cfg), images()
+  variables = init(cfg, x)
+  flat = flax.traverse_util.flatten_dict(variables["params"])
+  keys = jax.random.split(jax.random.key(1), len(flat))
+  # A random classifier, so the output is not trivially zero...
+  base = {k: (jax.random.normal(r, v.shape) if "classifier" in k else v)
+          for r, (k, v) in zip(keys, flat.items())}
+  # ...and random weights in every residual-branch conv (not the stem or the projections).
+  perturbed = {k: (jax.random.normal(r, v.shape) if k[-2].startswith("conv") else v)
+               for r, (k, v) in zip(keys, base.items())}
+  assert any(k[-2].startswith("conv") for k in flat)
+  apply = jit_apply(m, train=True)
+  out = lambda p: apply({"params": flax.traverse_util.unflatten_dict(p)}, x)
+  a, b = out(base), out(perturbed)
+  assert float(jnp.abs(a).max()) > 1e-3
+  np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  # With alpha = 1 the same perturbation changes the function: the test can fail.
+  base_alpha1 = {k: (jnp.ones_like(v) if k[-1] == "alpha" else v) for k, v in base.items()}
+  pert_alpha1 = {k: (jnp.ones_like(v) if k[-1] == "alpha" else v) for k, v in perturbed.items()}
+  assert not np.allclose(out(base_alpha1), out(pert_alpha1), atol=1e-3)
+
+
+def branch_vars(cfg, x):
+  m = models.build_model(cfg)
+  variables = init(cfg, x)
+  _, state = jit_apply(m, train=True, mutable=["batch_stats", "intermediates"])(variables, x)
+  inter = state["intermediates"]
+  return np.concatenate([np.ravel(v) for k, v in flax.traverse_util.flatten_dict(inter).items()
+                         if k[-1] == "branch_var"])
+
+
+@pytest.mark.parametrize("name,depth", [("wrn", 22), ("resnet_v2", 14)])
+def test_fixup_residual_branches_output_zero_at_init(name, depth):
+  cfg = model_config(name=name, depth=depth, width=1 if name == "wrn" else 0.125, normalizer="fixup")
+  v = branch_vars(cfg, images())
+  assert v.size >= 3 and np.all(v == 0.0)
+  # The unnormalized baseline's branches are not zero: the probe measures something.
+  assert np.all(branch_vars(model_config(depth=16, width=1, normalizer="none"), images()) > 0)
+
+
+def test_fixup_init_scales_branch_convs_by_depth():
+  cfg = model_config(depth=22, width=1, normalizer="fixup")  # L = 9 basic blocks, m = 2
+  params = init(cfg, images(2))["params"]
+  conv0 = params["stage1_blocks"]["conv0"]["kernel"]
+  fan_in = 3 * 3 * conv0.shape[-2]
+  expected_std = np.sqrt(2.0 / fan_in) * 9 ** -0.5
+  # truncated normal keeps the requested std
+  assert abs(float(jnp.std(conv0)) / expected_std - 1) < 0.1
+  assert float(jnp.abs(params["stage1_blocks"]["conv1"]["kernel"]).max()) == 0.0
+  assert float(jnp.abs(params["classifier"]["kernel"]).max()) == 0.0
+
+
+def test_ghost_batchnorm_equals_batchnorm_of_each_chunk():
+  x = jax.random.normal(jax.random.key(0), (12, 4, 4, 5)) * 3 + 1
+  ghost = GhostBatchNorm(use_running_average=False, ghost_batch_size=4)
+  variables = ghost.init(jax.random.key(1), x)
+  y, _ = ghost.apply(variables, x, mutable=["batch_stats"])
+  whole = GhostBatchNorm(use_running_average=False, ghost_batch_size=0)
+  flax_bn = flax.linen.BatchNorm(use_running_average=False, epsilon=1e-5)
+  for i in range(3):
+    chunk = x[4 * i:4 * (i + 1)]
+    ref, _ = whole.apply(variables, chunk, mutable=["batch_stats"])
+    np.testing.assert_allclose(y[4 * i:4 * (i + 1)], ref, rtol=1e-5, atol=1e-5)
+    ref_flax, _ = flax_bn.apply(flax_bn.init(jax.random.key(0), chunk), chunk, mutable=["batch_stats"])
+    np.testing.assert_allclose(y[4 * i:4 * (i + 1)], ref_flax, rtol=1e-4, atol=1e-4)
+  # Normalizing the whole batch at once is different: the ghost size matters.
+  full, _ = whole.apply(variables, x, mutable=["batch_stats"])
+  assert not np.allclose(full, y, atol=1e-3)
+
+
+@pytest.mark.parametrize("normalizer,dtype", [(n, "float32") for n in sorted(models.RECIPES)] +
+                         [("batchnorm", "bfloat16"), ("skipinit", "bfloat16")])
+def test_every_normalizer_gives_finite_logits(normalizer, dtype):
+  cfg = model_config(depth=16, width=1, normalizer=normalizer, dtype=dtype, ghost_batch_size=4,
+                     dropout_rate=0.1)
+  m, x = models.build_model(cfg), images()
+  variables = init(cfg, x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  logits, _ = jit_apply(m, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.key(2)})(variables, x)
+  assert logits.shape == (8, 10) and logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits)))
+  assert bool(jnp.all(jnp.isfinite(jit_apply(m, train=False)(variables, x))))
+
+
+def test_alpha_init_values():
+  for alpha, expected in (("0", 0.0), ("1", 1.0), ("inv_sqrt_d", 1 / np.sqrt(498)), ("0.25", 0.25)):
+    assert models.parse_alpha_init(alpha, 498) == pytest.approx(expected)
+  cfg = model_config(depth=22, width=1, normalizer="skipinit", alpha_init="inv_sqrt_d")  # d = 9
+  params = init(cfg, images(2))["params"]
+  alphas = np.concatenate([np.ravel(v) for k, v in flax.traverse_util.flatten_dict(params).items()
+                           if k[-1] == "alpha"])
+  assert alphas.size == 9 and np.allclose(alphas, 1 / 3)
+
+
+def test_ghost_bn_train_output_does_not_depend_on_device_count():
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  assert len(jax.devices()) == 8, "conftest.py sets 8 fake CPU devices"
+  cfg = model_config(depth=16, width=1, normalizer="batchnorm", ghost_batch_size=4)
+  m, x = models.build_model(cfg), images(32)
+  variables = init(cfg, x)
+  outs = []
+  for n in (1, 8):
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:n])
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    vs = jax.device_put(variables, NamedSharding(mesh, P()))
+    f = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=["batch_stats"]))
+    logits, new_stats = f(vs, xs)
+    assert len(logits.sharding.device_set) == n
+    outs.append((np.asarray(logits), jax.tree.map(np.asarray, new_stats)))
+  for logits, stats in outs[1:]:
+    np.testing.assert_allclose(logits, outs[0][0], rtol=1e-5, atol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), stats, outs[0][1])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(depth=17), "6N+4"),
+    (dict(normalizer="layernorm"), "batchnorm, fixup, nf, none, skipinit, sqrt2_merge"),
+    (dict(normalizer="skipinit", alpha_init="half"), "inv_sqrt_d"),
+    (dict(name="vgg"), "wrn, resnet_v2"),
+    (dict(name="resnet_v2", depth=34), "50, 101"),
+    (dict(dtype="float16"), "float32, bfloat16"),
+])
+def test_bad_model_configs_raise_clear_errors(overrides, message):
+  with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
+    models.build_model(model_config(**overrides))
+
+
+def test_ghost_batch_must_divide_per_device_batch():
+  with pytest.raises(ConfigError, match="does not divide the per-device batch of 8"):
+    models.validate_model_config(model_config(ghost_batch_size=64), per_device_batch=8)
+  models.validate_model_config(model_config(ghost_batch_size=4), per_device_batch=8)
+
+
+def test_deep_wrn_stacks_blocks_with_scan():
+  """WRN-1000-2's parameters come as three stacked arrays per stage, not 498 modules."""
+  cfg = model_config(depth=1000, width=2)
+  m = models.build_model(cfg)
+  shapes = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  assert sorted(shapes["params"]) == sorted(
+      ["stem", "stage0_block0", "stage0_blocks", "stage1_block0", "stage1_blocks", "stage2_block0",
+       "stage2_blocks", "final_norm", "classifier"])
+  assert shapes["params"]["stage2_blocks"]["conv0"]["kernel"].shape == (165, 3, 3, 128, 128)

@@ -1,0 +1,177 @@
+"""Trainer (issue 3): learning, resume, device-count independence, divergence, bad input, real data."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from skipinit import ConfigError, DataError
+from skipinit.train import loop, rundir, train_and_evaluate
+
+from conftest import ROOT, SAMPLE_DIR
+
+
+def smoke(get_config, extra=""):
+  return get_config("smoke,num_devices=1" + ("," + extra if extra else ""))
+
+
+def metrics(workdir):
+  return rundir.read_metrics(str(workdir))
+
+
+def test_smoke_training_learns_and_writes_the_run_directory(cifar_config, tmp_path):
+  status = train_and_evaluate(smoke(cifar_config, "epochs=3,lr=0.05,schedule=cosine"), str(tmp_path))
+  assert status["status"] == "completed"
+  for name in ("config.json", "metrics.jsonl", "status.json", "checkpoints", "tensorboard"):
+    assert os.path.exists(tmp_path / name), name
+  m = metrics(tmp_path)
+  assert [r["epoch"] for r in m] == [1.0, 2.0, 3.0]
+  keys = {"step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+          "examples_per_sec", "wall_time"}
+  assert all(keys <= set(r) for r in m)
+  assert m[-1]["train_loss"] < m[0]["train_loss"] - 0.3
+  assert m[-1]["test_acc"] > 0.3  # 10 classes: chance is 0.1
+  assert json.load(open(tmp_path / "config.json"))["model"]["depth"] == 10
+  # A completed run is reported, not redone.
+  again = train_and_evaluate(smoke(cifar_config, "epochs=3,lr=0.05,schedule=cosine"), str(tmp_path))
+  assert again == status and len(metrics(tmp_path)) == 3
+
+
+class _StopAfter:
+  """Stands in for loop._Preemption: asks for a stop (as SIGTERM would) at the n-th boundary."""
+
+  def __init__(self, n):
+    self.n = n
+
+  def __call__(self):
+    return self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *_):
+    pass
+
+  @property
+  def requested(self):
+    self.n -= 1
+    return self.n < 0
+
+
+def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
+  # Checkpoints only every 2 epochs, so the interrupted run must resume mid-window from a SIGTERM save.
+  cfg = smoke(cifar_config, "epochs=3,checkpoint_every_epochs=2,dropout_rate=0.2")
+  full = train_and_evaluate(cfg, str(tmp_path / "full"))
+  monkeypatch.setattr(loop, "_Preemption", _StopAfter(5))
+  first = train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert first["status"] == "running" and first["preempted"] and 0 < first["step"] < full["step"]
+  monkeypatch.undo()
+  resumed = train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert resumed["status"] == "completed"
+  strip = lambda ms: [{k: v for k, v in r.items() if k not in ("wall_time", "examples_per_sec")}
+                      for r in ms]
+  assert strip(metrics(tmp_path / "resumed")) == strip(metrics(tmp_path / "full"))
+  assert {k: resumed[k] for k in ("train_loss", "test_acc", "test_loss")} == \
+         {k: full[k] for k in ("train_loss", "test_acc", "test_loss")}
+
+
+def test_one_and_eight_devices_give_the_same_losses(cifar_config, tmp_path):
+  results = []
+  for n in (1, 8):
+    cfg = cifar_config(f"smoke,epochs=1,num_devices={n},ghost_batch_size=4")
+    train_and_evaluate(cfg, str(tmp_path / str(n)))
+    results.append(metrics(tmp_path / str(n)))
+  for a, b in zip(*results):
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+      assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+
+
+def test_huge_learning_rate_ends_diverged(cifar_config, tmp_path):
+  status = train_and_evaluate(smoke(cifar_config, "lr=1e6,normalizer=none"), str(tmp_path))
+  assert status["status"] == "diverged"
+  assert 0 <= status["diverged_step"] < 16
+  assert json.load(open(tmp_path / "status.json"))["status"] == "diverged"
+  # A diverged run is a result: not redone.
+  assert train_and_evaluate(smoke(cifar_config, "lr=1e6,normalizer=none"), str(tmp_path)) == status
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(cifar_config, tmp_path):
+  cfg = smoke(cifar_config, "epochs=2")
+  train_and_evaluate(cfg, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert steps == [8, 16]
+  # Damage every file of the newest checkpoint, then pretend the run was interrupted after it.
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "16"):
+    for f in files:
+      open(os.path.join(root, f), "wb").write(b"garbage")
+  rundir.write_status(str(tmp_path), "running", step=16)
+  status = train_and_evaluate(cfg, str(tmp_path))
+  assert status["status"] == "completed"
+  assert os.path.exists(tmp_path / "checkpoints" / "corrupt_16")
+  # It redid epoch 2 from the step-8 checkpoint: one record per eval, none doubled.
+  assert [r["step"] for r in metrics(tmp_path)] == [8, 16]
+
+
+def test_real_images_from_the_folder_source(cifar_config, tmp_path):
+  cfg = cifar_config(f"smoke,num_devices=1,source=folder,path={SAMPLE_DIR},epochs=4,lr=0.05,"
+                     "schedule=cosine,cache_dir=")
+  status = train_and_evaluate(cfg, str(tmp_path))
+  m = metrics(tmp_path)
+  assert status["status"] == "completed" and len(m) == 4
+  assert m[-1]["train_loss"] < 2.2 < m[0]["train_loss"] + 0.2
+  assert m[-1]["test_acc"] > 0.15  # 100 real test images, 10 classes
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("smoke,depth=17", "6N+4"),
+    ("smoke,normalizer=groupnorm", "unknown: use one of batchnorm"),
+    ("smoke,batch_size=36", "not divisible by the 8 devices"),
+    ("smoke,num_devices=2,ghost_batch_size=32", "does not divide the per-device batch"),
+    ("smoke,lrr=0.1", "unknown config key 'lrr'"),
+    ("smoke,source=folder,path=/nonexistent/cifar", "does not exist"),
+])
+def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, message):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "status.json").write_text('{"status": "running", "step": 8}')
+  (workdir / "metrics.jsonl").write_text('{"step": 8, "test_acc": 0.5}\n')
+  before = {p: hashlib.sha1(open(workdir / p, "rb").read()).hexdigest() for p in os.listdir(workdir)}
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
+       f"--config={os.path.join(ROOT, 'configs', 'cifar10_wrn.py')}:{arg}", f"--workdir={workdir}"],
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  err_lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(err_lines) == 1 and message in err_lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  after = {p: hashlib.sha1(open(workdir / p, "rb").read()).hexdigest() for p in os.listdir(workdir)}
+  assert after == before
+
+
+def test_other_config_on_existing_run_is_refused(cifar_config, tmp_path):
+  train_and_evaluate(smoke(cifar_config, "epochs=1"), str(tmp_path))
+  before = open(tmp_path / "config.json").read()
+  with pytest.raises(ConfigError, match=r"train.lr: 0.1 -> 0.2"):
+    train_and_evaluate(smoke(cifar_config, "epochs=1,lr=0.2"), str(tmp_path))
+  assert open(tmp_path / "config.json").read() == before
+
+
+def test_offline_tfds_says_how_to_use_the_folder_source(cifar_config, tmp_path):
+  cfg = smoke(cifar_config, f"source=tfds,data_dir={tmp_path / 'tfds'}")
+  with pytest.raises(DataError, match="data.source=folder"):
+    train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_paper_halving_schedule(cifar_config):
+  from skipinit.train.optim import create_learning_rate_fn
+  cfg = cifar_config("smoke,epochs=100,lr=0.8")
+  lr = create_learning_rate_fn(cfg.train, steps_per_epoch=10)  # 1000 steps
+  assert float(lr(0)) == pytest.approx(0.8) and float(lr(499)) == pytest.approx(0.8)
+  assert float(lr(500)) == pytest.approx(0.4) and float(lr(549)) == pytest.approx(0.4)
+  assert float(lr(550)) == pytest.approx(0.2) and float(lr(999)) == pytest.approx(0.8 / 1024)
