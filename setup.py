@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist"],
-        "imagenet": ["tensorflow-cpu", "tensorflow-datasets"],
+        "imagenet": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
         "slurm": ["submitit"],
     },
 )

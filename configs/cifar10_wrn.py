@@ -29,7 +29,7 @@ def _depth_width(config, depth, width):
 
 def _smoke(config):
   cfg_lib.apply_overrides(config, {
-      "model.depth": 10, "model.width": 1, "model.ghost_batch_size": 16,
+      "model.depth": 10, "model.width": 1, "model.ghost_batch_size": 4,
       "data.source": "synthetic", "data.synthetic_train_size": 256, "data.synthetic_test_size": 64,
       "train.batch_size": 32, "train.epochs": 2.0, "train.eval_batch_size": 64,
       "train.steps_per_dispatch": 4, "train.log_every_steps": 4})

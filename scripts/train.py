@@ -5,6 +5,7 @@ Exit status: 0 for a completed or diverged run (divergence is a result), 1 for a
 2 for bad input (config, data), reported as one line.
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -30,7 +31,13 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from skipinit.train import train_and_evaluate  # after flag parsing: imports JAX
   try:
-    status = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    config.train  # the file is loaded lazily: a missing or broken one fails on first access
+  except (OSError, SkipInitError, ValueError, TypeError) as e:
+    print(f"error: {_config_error_line(e)}", file=sys.stderr)
+    return 2
+  try:
+    status = train_and_evaluate(config, _WORKDIR.value)
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -40,13 +47,26 @@ def main(argv):
   return 0
 
 
-def run():
-  """Entry point that also turns config-file errors (raised while flags are parsed) into one line."""
+def _config_error_line(e: Exception) -> str:
+  # ml_collections re-raises a get_config error as text (traceback included), not as a cause.
+  ours = re.findall(r"^skipinit\.errors\.\w+: (.*)$", str(e), flags=re.MULTILINE)
+  if ours:
+    return ours[-1]
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  return " ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [repr(e)])[0]
+
+
+def parse_flags_or_exit(argv):
+  """absl's flag parsing, with a bad config (raised inside the --config flag) as one line, exit 2."""
   try:
-    app.run(main)
-  except SkipInitError as e:
-    print(f"error: {e}", file=sys.stderr)
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_config_error_line(e)}", file=sys.stderr)
     sys.exit(2)
+
+
+def run():
+  app.run(main, flags_parser=parse_flags_or_exit)
 
 
 if __name__ == "__main__":

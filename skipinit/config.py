@@ -6,6 +6,7 @@ in full ("train.lr") or by its last part when that is unambiguous ("lr"). Values
 the type of the default, and the config is locked so a misspelt key fails loudly.
 """
 
+import difflib
 import json
 import re
 from typing import Callable, Mapping
@@ -104,7 +105,9 @@ def resolve_key(config, key: str) -> str:
     return matches[0]
   if matches:
     raise ConfigError(f"config key {key!r} is ambiguous: use one of {', '.join(matches)}")
-  raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+  close = difflib.get_close_matches(key, keys + [k.split(".")[-1] for k in keys], n=3)
+  hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+  raise ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(keys)}")
 
 
 def set_value(config, key: str, value) -> None:

@@ -4,10 +4,12 @@ Order of work, so that bad input never damages an existing run directory: valida
 compare it with the run already in `workdir`, load the data, and only then write anything.
 """
 
+import dataclasses
 import math
 import os
 import signal
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,14 +101,18 @@ class DeviceData:
       self._perm_epoch = epoch
     return self._perm
 
+  def chunk_args(self, step: int, n: int) -> tuple:
+    """The data arguments of the chunk that runs steps [step, step + n) of one epoch."""
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
+    return self.images, self.labels, idx
+
   def train(self, state, start: int, end: int):
     """Runs steps [start, end), cutting dispatches at epoch ends and every k steps."""
     step = start
     while step < end:
-      epoch, pos = divmod(step, self.steps_per_epoch)
-      n = min(self.k, end - step, self.steps_per_epoch - pos)
-      idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
-      state = self._chunk(state, self.images, self.labels, idx)
+      n = min(self.k, end - step, self.steps_per_epoch - step % self.steps_per_epoch)
+      state = self._chunk(state, *self.chunk_args(step, n))
       step += n
     return state
 
@@ -168,6 +174,36 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds before training: the model, optimizer, data and initial state."""
+  model: Any
+  tx: Any
+  lr_fn: Any
+  data: Any
+  init_state: Any  # () -> TrainState, replicated over the mesh
+
+
+def build_experiment(config, mesh) -> Experiment:
+  """Loads the data and builds the model, optimizer and jitted steps (no files written)."""
+  t = config.train
+  model = models.build_model(config.model)
+  init_key, data_key = jax.random.split(jax.random.key(t.seed))
+  data = (StreamedData if config.data.name == "imagenet2012" else DeviceData)(config, mesh)
+  lr_fn = optim.create_learning_rate_fn(t, data.steps_per_epoch)
+  image_shape = (config.data.image_size, config.data.image_size, 3)
+  # Parameter shapes decide the optimizer's masks; eval_shape finds them without computing.
+  abstract_params = jax.eval_shape(
+      lambda: model.init(init_key, jnp.zeros((1,) + image_shape), train=False))["params"]
+  recipe = model.recipe
+  tx = optim.make_optimizer(t, lr_fn, abstract_params, recipe.name, recipe.gain_name or "")
+  train_step = steps.make_train_step(model, tx, config.model.num_classes, t.label_smoothing)
+  data.compile(config, model, train_step, data_key)
+  init = jax.jit(lambda: steps.create_train_state(model, tx, init_key, image_shape),
+                 out_shardings=sharding.replicated(mesh))
+  return Experiment(model=model, tx=tx, lr_fn=lr_fn, data=data, init_state=init)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates the model a config describes; returns the final status record.
 
@@ -188,24 +224,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return existing
 
   t = config.train
-  model = models.build_model(config.model)
-  init_key, data_key = jax.random.split(jax.random.key(t.seed))
-  data = (StreamedData if config.data.name == "imagenet2012" else DeviceData)(config, mesh)
-  lr_fn = optim.create_learning_rate_fn(t, data.steps_per_epoch)
-  image_shape = (config.data.image_size, config.data.image_size, 3)
-  # Parameter shapes decide the optimizer's masks; eval_shape finds them without computing.
-  abstract_params = jax.eval_shape(
-      lambda: model.init(init_key, jnp.zeros((1,) + image_shape), train=False))["params"]
-  recipe = model.recipe
-  tx = optim.make_optimizer(t, lr_fn, abstract_params, recipe.name, recipe.gain_name or "")
-  train_step = steps.make_train_step(model, tx, config.model.num_classes, t.label_smoothing)
-  data.compile(config, model, train_step, data_key)
-
+  exp = build_experiment(config, mesh)
+  data, lr_fn, rep = exp.data, exp.lr_fn, sharding.replicated(mesh)
   os.makedirs(workdir, exist_ok=True)
   rundir.write_config(workdir, config)
-  rep = sharding.replicated(mesh)
-  state = jax.jit(lambda: steps.create_train_state(model, tx, init_key, image_shape),
-                  out_shardings=rep)()
+  state = exp.init_state()
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
   restored, start = ckpt.restore(jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
