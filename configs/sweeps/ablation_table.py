@@ -1,0 +1,46 @@
+r"""Ablation table (PAPER.md sections 1.2, 1.4, 5): what SkipInit needs, on n-2 Wide-ResNets.
+
+Methods: SkipInit alpha=1 (a plain unnormalized ResNet with a gain), the variance-preserving
+sqrt(2) merge, no normalization (He init), SkipInit alpha=0 without weight decay, and regularized
+SkipInit (alpha=0 + conv biases + dropout before the classifier). Expected: alpha=1, sqrt(2) merge
+and no normalization fail at depth 1000; removing weight decay costs accuracy. Same protocol and
+table format as the depth table (batch 64, 200 epochs, best learning rate, mean +- std over seeds).
+
+Run (full budget: 3 depths x 5 methods x 7 learning rates x 3 seeds = 315 runs):
+  python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py --sweep_dir=runs/ablation_table \
+      --executor=gpus
+  python scripts/make_tables.py --sweep_dir=runs/ablation_table,runs/depth_table \
+      --out_dir=results/depth_table
+(giving the depth sweep too adds its BatchNorm and SkipInit alpha=0 rows as references.)
+
+Knobs: epochs=200, seeds=3, lr_exps=-6:0, depths=16;100;1000, width=2, batch_size=64,
+dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_reg,
+preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
+"""
+
+from skipinit.sweep import methods as methods_lib
+from skipinit.sweep.spec import make_sweep, powers_of_two, sibling_config
+
+CONFIG = sibling_config(__file__, "cifar10_wrn.py")
+METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_reg")
+
+
+def ablation_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple(range(-6, 1)),
+                   depths: tuple = (16, 100, 1000), width: int = 2, batch_size: int = 64,
+                   dropout: float = methods_lib.DEFAULT_DROPOUT,
+                   methods: tuple = METHODS) -> list[dict]:
+  """Runs of the ablation table: depths x ablations x learning rates x seeds (PAPER.md section 5)."""
+  runs = []
+  for depth in depths:
+    for method, overrides in methods_lib.select(methods, dropout).items():
+      for lr in powers_of_two(lr_exps):
+        for seed in range(seeds):
+          runs.append({"method": method, **overrides, "model.depth": depth, "model.width": width,
+                       "train.batch_size": batch_size, "train.epochs": epochs, "train.lr": lr,
+                       "train.seed": seed})
+  return runs
+
+
+def get_sweep(arg=None):
+  return make_sweep(name="ablation_table", table="ablation", fn=ablation_table, arg=arg,
+                    config=CONFIG)

@@ -1,0 +1,126 @@
+"""Figures of the batch-size and AGC studies (PAPER.md section 5), drawn from `tables.Table` groups.
+
+  fig_batch_size_accuracy   best-lr test accuracy vs batch size, one line per method
+  fig_batch_size_lr         optimal learning rate vs batch size (log-log), one colour per method:
+                            solid = max test accuracy, dashed = min final training loss
+  fig_agc_batch_size        best-lr test accuracy vs batch size, one line per AGC threshold
+Each is written as PNG and PDF. Cells without a best learning rate (diverged or unfinished) are
+left out of the lines, so a line never interpolates over a missing point silently: it breaks.
+"""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on clusters
+import matplotlib.pyplot as plt  # noqa: E402
+
+from skipinit.analysis.tables import Table, label  # noqa: E402
+
+
+def _save(fig, out_dir: str, name: str) -> list[str]:
+  paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "pdf")]
+  for p in paths:
+    fig.savefig(p, dpi=150, bbox_inches="tight")
+  plt.close(fig)
+  return paths
+
+
+def _series(groups: dict, line_key, x_key, value):
+  """{line: ([x], [y], [yerr])} with a NaN where a cell has no value, so the line breaks there."""
+  out = {}
+  for key in sorted(groups, key=lambda k: (str(line_key(k)), x_key(k))):
+    y, err = value(groups[key])
+    xs, ys, es = out.setdefault(line_key(key), ([], [], []))
+    xs.append(x_key(key))
+    ys.append(float("nan") if y is None else y)
+    es.append(0.0 if err is None else err)
+  return out
+
+
+def _nudge(xs, i, n, step=0.04):
+  """Shifts line i of n by a few percent along a log2 axis, so identical points stay visible."""
+  return [x * 2 ** (step * (i - (n - 1) / 2)) for x in xs]
+
+
+def _best_acc(group):
+  best = group.best_by_acc
+  return (best.acc_mean, best.acc_std) if best else (None, None)
+
+
+def _log2_x(ax, xs):
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(sorted(set(xs)))
+  ax.set_xticklabels([str(int(x)) for x in sorted(set(xs))])
+
+
+def batch_size_figures(table: Table, out_dir: str) -> list[str]:
+  groups = table.groups  # key: (batch size, method)
+  methods = list(dict.fromkeys(k[1] for k in sorted(groups, key=lambda k: k[0])))
+  all_x = [k[0] for k in groups]
+  written = []
+
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  acc = _series(groups, lambda k: k[1], lambda k: k[0],
+                _best_acc)
+  for i, m in enumerate(methods):
+    xs, ys, es = acc[m]
+    ax.errorbar(_nudge(xs, i, len(methods)), ys, yerr=es, marker="o", capsize=2, label=label(m))
+  _log2_x(ax, all_x)
+  ax.set_xlabel("batch size")
+  ax.set_ylabel("test accuracy at the best lr (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  written += _save(fig, out_dir, "fig_batch_size_accuracy")
+
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  by_acc = _series(groups, lambda k: k[1], lambda k: k[0],
+                   lambda g: (g.best_by_acc.lr if g.best_by_acc else None, None))
+  by_loss = _series(groups, lambda k: k[1], lambda k: k[0],
+                    lambda g: (g.best_by_loss.lr if g.best_by_loss else None, None))
+  for i, m in enumerate(methods):
+    color = f"C{i}"
+    n = 2 * len(methods)
+    ax.plot(_nudge(by_acc[m][0], 2 * i, n), by_acc[m][1], "o-", color=color,
+            label=f"{label(m)}: max test acc")
+    ax.plot(_nudge(by_loss[m][0], 2 * i + 1, n), by_loss[m][1], "s--", color=color, alpha=0.8,
+            label=f"{label(m)}: min train loss")
+  _log2_x(ax, all_x)
+  ax.set_yscale("log", base=2)
+  ax.set_xlabel("batch size")
+  ax.set_ylabel("optimal learning rate")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  written += _save(fig, out_dir, "fig_batch_size_lr")
+  return written
+
+
+def agc_figure(table: Table, out_dir: str) -> list[str]:
+  groups = table.groups  # key: (batch size, clip)
+  series = _series(groups, lambda k: k[1], lambda k: k[0],
+                   _best_acc)
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  clips = sorted(series, key=lambda c: (c != 0.0, c))
+  for i, clip in enumerate(clips):
+    xs, ys, es = series[clip]
+    off = clip == 0.0
+    ax.errorbar(_nudge(xs, i, len(clips)), ys, yerr=es, marker="o", capsize=2,
+                label="no AGC" if off else f"λ = {clip:g}", linestyle="--" if off else "-")
+  _log2_x(ax, [k[0] for k in groups])
+  ax.set_xlabel("batch size")
+  ax.set_ylabel("test accuracy at the best lr (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  return _save(fig, out_dir, "fig_agc_batch_size")
+
+
+def figures_for(table: Table, out_dir: str) -> list[str]:
+  """The figures that go with `table` (none for tables without one)."""
+  os.makedirs(out_dir, exist_ok=True)
+  if not table.groups:
+    return []
+  if table.name == "batch_size_table":
+    return batch_size_figures(table, out_dir)
+  if table.name == "agc_table":
+    return agc_figure(table, out_dir)
+  return []

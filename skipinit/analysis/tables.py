@@ -1,0 +1,535 @@
+"""The paper's tables from sweep directories (PAPER.md sections 4-5), as Markdown, CSV and LaTeX.
+
+Reads only the sweep manifest (sweep.json: which runs are expected) and each run directory's
+contract files (config.json, status.json, metrics.jsonl; DESIGN.md). The protocol of PAPER.md
+section 4:
+  * a (row, column) cell of a table is a group of runs over a learning-rate grid and seeds;
+  * a learning rate is *ok* when every expected seed completed; *diverged* when any seed diverged
+    (a diverged run is a failure, never a number); otherwise *incomplete*;
+  * the best learning rate maximizes the mean test accuracy over seeds among ok learning rates;
+    the batch-size study also reports the one that minimizes the mean final training loss;
+  * the largest stable learning rate is the largest ok one ("≥" when it is the top of the grid);
+  * a cell is "diverged" when every learning rate diverged.
+Mean +- std is over seeds (sample std, ddof=1). Unfinished runs (missing, failed, running or
+interrupted) are listed under every table and counted in its "runs" column, never averaged in.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Callable, Iterable, Sequence
+
+from skipinit.sweep import rundir
+from skipinit.sweep.methods import LABELS
+from skipinit.sweep.spec import SweepError, read_manifest
+
+# The status.json / metrics.jsonl accuracies are fractions; the tables print percentages.
+ACC_SCALE = 100.0
+REFERENCE_METHODS = ("batchnorm", "skipinit_a0")  # depth-table rows shown next to the ablations
+
+
+# ------------------------------------------------------------------------------------ run results
+
+@dataclasses.dataclass
+class RunResult:
+  """One expected run: where the manifest put it, its resolved config values, and how it ended."""
+
+  name: str
+  method: str
+  sweep_dir: str
+  params: dict            # "model.depth", "train.lr", ...: config.json if present, else the manifest
+  state: str              # completed | diverged | failed | running | missing
+  test_acc: float | None = None
+  train_loss: float | None = None
+
+  @property
+  def usable(self) -> bool:
+    return (self.state == "completed" and _finite(self.test_acc) and _finite(self.train_loss))
+
+  def get(self, key, default=None):
+    return self.params.get(key, default)
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _flatten(config: dict) -> dict:
+  return {f"{s}.{k}": v for s, sub in config.items() if isinstance(sub, dict) for k, v in sub.items()}
+
+
+def _last_metrics(run_dir: str) -> dict:
+  last = {}
+  try:
+    with open(os.path.join(run_dir, rundir.METRICS)) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          try:
+            last = json.loads(line)
+          except ValueError:
+            pass  # a line cut short by a crash
+  except OSError:
+    pass
+  return last
+
+
+def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
+  """The manifest and one RunResult per expected run of a sweep directory."""
+  manifest = read_manifest(sweep_dir)
+  results = []
+  for run in manifest["runs"]:
+    run_dir = os.path.join(sweep_dir, run["name"])
+    params = dict(run.get("resolved") or {})
+    params.update(run.get("overrides") or {})
+    config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG))
+    if isinstance(config, dict):
+      params.update(_flatten(config))  # the trainer's resolved config is the truth
+    state = rundir.run_state(run_dir)
+    result = RunResult(run["name"], run["method"], sweep_dir, params, state)
+    if state == "completed":
+      status = rundir.read_status(run_dir) or {}
+      final = {**_last_metrics(run_dir), **{k: v for k, v in status.items() if v is not None}}
+      result.test_acc, result.train_loss = final.get("test_acc"), final.get("train_loss")
+    results.append(result)
+  return manifest, results
+
+
+# ---------------------------------------------------------------------------------- aggregation
+
+@dataclasses.dataclass
+class Cell:
+  """All seeds of one learning rate of one table cell."""
+
+  lr: float
+  runs: list[RunResult]
+
+  @property
+  def state(self) -> str:
+    if any(r.state == "diverged" for r in self.runs):
+      return "diverged"
+    return "ok" if self.runs and all(r.usable for r in self.runs) else "incomplete"
+
+  def _values(self, attr):
+    return [getattr(r, attr) for r in self.runs if r.usable]
+
+  @property
+  def acc_mean(self):
+    v = self._values("test_acc")
+    return sum(v) / len(v) * ACC_SCALE if v else None
+
+  @property
+  def acc_std(self):
+    v = [x * ACC_SCALE for x in self._values("test_acc")]
+    if len(v) < 2:
+      return None
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+  @property
+  def loss_mean(self):
+    v = self._values("train_loss")
+    return sum(v) / len(v) if v else None
+
+  @property
+  def n_seeds(self) -> int:
+    return len(self._values("test_acc"))
+
+
+@dataclasses.dataclass
+class Group:
+  """One table cell: a learning-rate grid x seeds, and what the protocol picks from it."""
+
+  key: tuple
+  cells: list[Cell]
+
+  @property
+  def runs(self) -> list[RunResult]:
+    return [r for c in self.cells for r in c.runs]
+
+  @property
+  def ok(self) -> list[Cell]:
+    return [c for c in self.cells if c.state == "ok"]
+
+  @property
+  def best_by_acc(self) -> Cell | None:
+    return max(self.ok, key=lambda c: (c.acc_mean, -c.lr), default=None)
+
+  @property
+  def best_by_loss(self) -> Cell | None:
+    return min(self.ok, key=lambda c: (c.loss_mean, c.lr), default=None)
+
+  @property
+  def largest_stable(self) -> Cell | None:
+    return max(self.ok, key=lambda c: c.lr, default=None)
+
+  @property
+  def status(self) -> str:
+    if self.ok:
+      return "ok"
+    if self.cells and all(c.state == "diverged" for c in self.cells):
+      return "diverged"
+    return "incomplete"
+
+  @property
+  def n_expected(self) -> int:
+    return len(self.runs)
+
+  @property
+  def n_finished(self) -> int:
+    return sum(r.state in rundir.FINISHED for r in self.runs)
+
+  def at_edge(self, cell: Cell | None) -> bool:
+    """Whether `cell` is the smallest or largest learning rate tried: the optimum may lie outside."""
+    lrs = [c.lr for c in self.cells]
+    return cell is not None and len(lrs) > 1 and cell.lr in (min(lrs), max(lrs))
+
+
+def group_runs(runs: Iterable[RunResult], key: Callable[[RunResult], tuple]) -> tuple[dict, list[str]]:
+  """Groups runs by `key` then learning rate; returns ({key: Group}, duplicate-run warnings).
+
+  Two runs with the same key, learning rate and seed (e.g. the same run in two sweep directories)
+  count once: the first one given.
+  """
+  seen, groups, warnings = {}, {}, []
+  for r in runs:
+    k, lr, seed = key(r), float(r.get("train.lr")), r.get("train.seed", 0)
+    ident = (k, lr, seed)
+    if ident in seen:
+      warnings.append(f"{os.path.join(r.sweep_dir, r.name)} duplicates {seen[ident]}: ignored")
+      continue
+    seen[ident] = os.path.join(r.sweep_dir, r.name)
+    groups.setdefault(k, {}).setdefault(lr, []).append(r)
+  return ({k: Group(k, [Cell(lr, rs) for lr, rs in sorted(by_lr.items())])
+           for k, by_lr in groups.items()}, warnings)
+
+
+# ----------------------------------------------------------------------------------------- tables
+
+@dataclasses.dataclass
+class Table:
+  """A rendered table: display rows for Markdown/LaTeX, machine-readable records for CSV."""
+
+  name: str
+  title: str
+  header: list[str]
+  rows: list[list[str]]
+  records: list[dict]
+  runs: list[RunResult]
+  notes: list[str] = dataclasses.field(default_factory=list)
+  groups: dict = dataclasses.field(default_factory=dict)
+
+
+def label(method: str) -> str:
+  return LABELS.get(method, method)
+
+
+def fmt_lr(lr: float | None) -> str:
+  return "—" if lr is None else f"{lr:g}"
+
+
+def fmt_acc(cell: Cell | None) -> str:
+  if cell is None or cell.acc_mean is None:
+    return "—"
+  std = cell.acc_std
+  return f"{cell.acc_mean:.2f} ± {std:.2f}" if std is not None else f"{cell.acc_mean:.2f}"
+
+
+def _progress_mark(group: Group) -> str:
+  return "" if group.n_finished == group.n_expected else " †"
+
+
+def best_cell_text(group: Group | None) -> str:
+  """"93.95 ± 0.12 @ lr 0.0625" for the best learning rate, or why there is none."""
+  if group is None:
+    return "—"
+  if group.status == "diverged":
+    return "diverged"
+  best = group.best_by_acc
+  if best is None:
+    return f"incomplete ({group.n_finished}/{group.n_expected} runs)"
+  edge = "*" if group.at_edge(best) else ""
+  return f"{fmt_acc(best)} @ lr {fmt_lr(best.lr)}{edge}{_progress_mark(group)}"
+
+
+def _order(values: Iterable, first_seen: Sequence = ()) -> list:
+  values = list(dict.fromkeys(values))
+  rank = {v: i for i, v in enumerate(first_seen)}
+  return sorted(values, key=lambda v: (rank.get(v, len(rank)), v if not isinstance(v, str) else 0))
+
+
+def _record(group: Group, **fields) -> dict:
+  best, best_loss, stable = group.best_by_acc, group.best_by_loss, group.largest_stable
+  return {
+      **fields,
+      "status": group.status,
+      "best_lr": best.lr if best else None,
+      "test_acc_mean": _round(best.acc_mean) if best else None,
+      "test_acc_std": _round(best.acc_std) if best else None,
+      "n_seeds": best.n_seeds if best else 0,
+      "best_lr_at_grid_edge": group.at_edge(best),
+      "best_lr_by_train_loss": best_loss.lr if best_loss else None,
+      "train_loss_at_best_lr_by_train_loss": _round(best_loss.loss_mean, 6) if best_loss else None,
+      "test_acc_at_best_lr_by_train_loss": _round(best_loss.acc_mean) if best_loss else None,
+      "largest_stable_lr": stable.lr if stable else None,
+      "largest_stable_lr_is_grid_top": bool(stable) and stable.lr == max(c.lr for c in group.cells),
+      "lrs_tried": len(group.cells),
+      "lrs_diverged": sum(c.state == "diverged" for c in group.cells),
+      "runs_finished": group.n_finished,
+      "runs_expected": group.n_expected,
+  }
+
+
+def _round(x, digits=4):
+  return None if x is None else round(x, digits)
+
+
+_NOTE_BEST = ("Cells: mean ± std test accuracy (%) over seeds at the learning rate with the best "
+              "mean test accuracy among learning rates where every seed completed; \"diverged\": "
+              "every learning rate diverged. * best learning rate at the edge of the grid (widen "
+              "lr_exps). † some runs of the cell are unfinished: the best is over finished learning "
+              "rates only.")
+
+
+def method_by_depth_table(name: str, title: str, runs: list[RunResult],
+                          method_order: Sequence[str] = ()) -> Table:
+  """Depth table / ablation table: rows = methods, columns = depths (PAPER.md section 5)."""
+  groups, warnings = group_runs(runs, lambda r: (r.method, r.get("model.depth"), r.get("model.width")))
+  methods = _order((k[0] for k in groups), method_order)
+  columns = _order((k[1], k[2]) for k in groups)
+  header = ["Method"] + [f"WRN-{d}-{w}" for d, w in columns]
+  rows, records = [], []
+  for m in methods:
+    row = [label(m)]
+    for d, w in columns:
+      g = groups.get((m, d, w))
+      row.append(best_cell_text(g))
+      if g is not None:
+        records.append(_record(g, method=m, depth=d, width=w))
+    rows.append(row)
+  return Table(name, title, header, rows, records, list(runs), [_NOTE_BEST, *warnings], groups)
+
+
+def _nets(runs: Iterable[RunResult]) -> str:
+  """"WRN-16-4" (or "WRN-10-1, WRN-16-4"): the networks the runs trained."""
+  return ", ".join(dict.fromkeys(f"WRN-{r.get('model.depth')}-{r.get('model.width')}" for r in runs))
+
+
+def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> Table:
+  """Batch-size study (PAPER.md sections 4-5): both optimal learning rates per (batch size, method)."""
+  groups, warnings = group_runs(runs, lambda r: (r.get("train.batch_size"), r.method))
+  header = ["Batch", "Method", "Best lr (test acc)", "Test acc (%)", "Best lr (train loss)",
+            "Train loss", "Test acc there (%)", "Largest stable lr", "Runs"]
+  rows, records = [], []
+  for bs in _order(k[0] for k in groups):
+    for m in _order((k[1] for k in groups if k[0] == bs), method_order):
+      g = groups[(bs, m)]
+      best, best_loss, stable = g.best_by_acc, g.best_by_loss, g.largest_stable
+      if g.status == "diverged":
+        cells = ["diverged"] * 6
+      else:
+        top = stable is not None and stable.lr == max(c.lr for c in g.cells)
+        cells = [fmt_lr(best.lr if best else None) + ("*" if g.at_edge(best) else ""), fmt_acc(best),
+                 fmt_lr(best_loss.lr if best_loss else None) + ("*" if g.at_edge(best_loss) else ""),
+                 f"{best_loss.loss_mean:.4f}" if best_loss else "—", fmt_acc(best_loss),
+                 ("≥ " if top else "") + fmt_lr(stable.lr if stable else None)]
+      rows.append([str(bs), label(m), *cells, f"{g.n_finished}/{g.n_expected}{_progress_mark(g)}"])
+      records.append(_record(g, batch_size=bs, method=m))
+  notes = ["Best lr (test acc): the learning rate with the best mean test accuracy over seeds; "
+           "best lr (train loss): the one with the lowest mean final training loss; both among "
+           "learning rates where every seed completed. Largest stable lr: the largest learning rate "
+           "at which no seed diverged (≥: the top of the grid). * at the edge of the grid (widen "
+           "lr_exps). † unfinished runs in the cell.", *warnings]
+  return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)}, CIFAR-10)",
+               header, rows, records, list(runs), notes, groups)
+
+
+def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> Table:
+  """ImageNet table (PAPER.md section 5): best-lr top-1 per method (rows) and batch size (columns)."""
+  groups, warnings = group_runs(runs, lambda r: (r.method, r.get("train.batch_size")))
+  methods = _order((k[0] for k in groups), method_order)
+  sizes = _order(k[1] for k in groups)
+  rows, records = [], []
+  for m in methods:
+    row = [label(m)]
+    for bs in sizes:
+      g = groups.get((m, bs))
+      row.append(best_cell_text(g))
+      if g is not None:
+        records.append(_record(g, method=m, batch_size=bs))
+    rows.append(row)
+  depth = next((r.get("model.depth") for r in runs), "")
+  return Table("imagenet_table", f"ImageNet top-1 (%), ResNet-{depth}-V2, at the best learning rate",
+               ["Method"] + [f"batch {bs}" for bs in sizes], rows, records, list(runs),
+               [_NOTE_BEST.replace("test accuracy (%)", "top-1 accuracy (%)"), *warnings], groups)
+
+
+def agc_table(runs: list[RunResult]) -> Table:
+  """AGC study: best-lr test accuracy per batch size (rows) and clipping threshold lambda (columns)."""
+  groups, warnings = group_runs(
+      runs, lambda r: (r.get("train.batch_size"), float(r.get("train.agc_clip", 0.0))))
+  sizes = _order(k[0] for k in groups)
+  clips = sorted({k[1] for k in groups}, key=lambda c: (c != 0.0, c))  # "off" first
+  rows, records = [], []
+  for bs in sizes:
+    row = [str(bs)]
+    for clip in clips:
+      g = groups.get((bs, clip))
+      row.append(best_cell_text(g))
+      if g is not None:
+        records.append(_record(g, batch_size=bs, agc_clip=clip))
+    rows.append(row)
+  method = label(next((r.method for r in runs), "nf"))
+  return Table("agc_table", f"{method} ({_nets(runs)}): adaptive gradient clipping vs batch size "
+               "(test accuracy %)",
+               ["Batch"] + [("no AGC" if c == 0.0 else f"λ={c:g}") for c in clips], rows, records,
+               list(runs), [_NOTE_BEST, *warnings], groups)
+
+
+# ---------------------------------------------------------------------------------------- writers
+
+def unfinished(runs: Iterable[RunResult]) -> list[RunResult]:
+  """Runs that are in no mean: missing, failed, running/interrupted, or completed without metrics."""
+  return [r for r in runs
+          if r.state not in rundir.FINISHED or (r.state == "completed" and not r.usable)]
+
+
+def _state_text(r: RunResult) -> str:
+  if r.state == "completed":
+    return "completed without final metrics"
+  return {"running": "running or interrupted"}.get(r.state, r.state)
+
+
+def to_markdown(table: Table, max_listed: int = 50) -> str:
+  lines = [f"# {table.title}", "", "| " + " | ".join(table.header) + " |",
+           "|" + "|".join(" --- " for _ in table.header) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+  lines += [""] + [n for n in table.notes] + [""]
+  todo = unfinished(table.runs)
+  if todo:
+    counts = {}
+    for r in todo:
+      counts[_state_text(r)] = counts.get(_state_text(r), 0) + 1
+    lines.append(f"**{len(todo)} of {len(table.runs)} runs are not finished** (" +
+                 ", ".join(f"{v} {k}" for k, v in counts.items()) + "); they are not in any mean:")
+    lines.append("")
+    lines += [f"- {_state_text(r)}: {os.path.join(r.sweep_dir, r.name)}" for r in todo[:max_listed]]
+    if len(todo) > max_listed:
+      lines.append(f"- ... and {len(todo) - max_listed} more (see {table.name}_runs.csv)")
+  else:
+    lines.append(f"All {len(table.runs)} runs finished (completed or diverged).")
+  return "\n".join(lines) + "\n"
+
+
+_LATEX = [("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"),
+          ("±", "$\\pm$"), ("α", "$\\alpha$"), ("λ", "$\\lambda$"), ("√d", "$\\sqrt{d}$"),
+          ("√2", "$\\sqrt{2}$"), ("√", "$\\sqrt{}$"), ("≥", "$\\geq$"), ("†", "$^\\dagger$"),
+          ("—", "--")]
+
+
+def latex_escape(text: str) -> str:
+  for a, b in _LATEX:
+    text = text.replace(a, b)
+  return text
+
+
+def to_latex(table: Table) -> str:
+  cols = "l" * len(table.header)
+  lines = [f"% {table.title} (generated by scripts/make_tables.py)",
+           f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+           " & ".join(latex_escape(h) for h in table.header) + " \\\\", "\\midrule"]
+  lines += [" & ".join(latex_escape(c) for c in row) + " \\\\" for row in table.rows]
+  lines += ["\\bottomrule", "\\end{tabular}"]
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str, records: list[dict]) -> None:
+  fields = list(dict.fromkeys(k for r in records for k in r))
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in records)
+
+
+def runs_records(runs: Iterable[RunResult]) -> list[dict]:
+  """One row per run, for <table>_runs.csv: the raw material of every cell."""
+  out = []
+  for r in runs:
+    out.append({"run": os.path.join(r.sweep_dir, r.name), "method": r.method,
+                "depth": r.get("model.depth"), "width": r.get("model.width"),
+                "batch_size": r.get("train.batch_size"), "agc_clip": r.get("train.agc_clip"),
+                "lr": r.get("train.lr"), "seed": r.get("train.seed"), "epochs": r.get("train.epochs"),
+                "state": r.state, "test_acc": r.test_acc, "train_loss": r.train_loss})
+  return out
+
+
+def write_table(table: Table, out_dir: str) -> list[str]:
+  """Writes <name>.md, <name>.csv, <name>.tex and <name>_runs.csv; returns their paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  base = os.path.join(out_dir, table.name)
+  with open(base + ".md", "w") as f:
+    f.write(to_markdown(table))
+  write_csv(base + ".csv", table.records)
+  with open(base + ".tex", "w") as f:
+    f.write(to_latex(table))
+  write_csv(base + "_runs.csv", runs_records(table.runs))
+  return [base + ext for ext in (".md", ".csv", ".tex", "_runs.csv")]
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+def _same_budget(a: list[RunResult], b: list[RunResult]) -> bool:
+  keys = ("train.epochs", "train.batch_size")
+  return {tuple(r.get(k) for k in keys) for r in a} == {tuple(r.get(k) for k in keys) for r in b}
+
+
+def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
+  """Every table the given sweep directories feed (their manifests say which)."""
+  by_kind: dict[str, list[RunResult]] = {}
+  order: dict[str, list[str]] = {}
+  for d in sweep_dirs:
+    manifest, runs = load_runs(d)
+    by_kind.setdefault(manifest["table"], []).extend(runs)
+    order.setdefault(manifest["table"], []).extend(r["method"] for r in manifest["runs"])
+  tables = []
+  for kind, runs in by_kind.items():
+    methods = list(dict.fromkeys(order[kind]))
+    if kind == "depth":
+      tables.append(method_by_depth_table(
+          "depth_table", "CIFAR-10 test accuracy (%) of Wide-ResNets by depth", runs, methods))
+    elif kind == "ablation":
+      notes = []
+      refs = [r for r in by_kind.get("depth", []) if r.method in REFERENCE_METHODS]
+      if refs and _same_budget(refs, runs):
+        runs = runs + refs
+        methods = methods + list(REFERENCE_METHODS)
+        notes.append("BatchNorm and SkipInit (α=0) rows come from the depth-table sweep.")
+      elif refs:
+        notes.append("Depth-table reference rows left out: their epochs or batch size differ.")
+      t = method_by_depth_table(
+          "ablation_table", "Ablations: CIFAR-10 test accuracy (%) of Wide-ResNets by depth", runs,
+          methods)
+      t.notes = notes + t.notes
+      tables.append(t)
+    elif kind == "batch_size":
+      tables.append(batch_size_table(runs, methods))
+    elif kind == "imagenet":
+      tables.append(imagenet_table(runs, methods))
+    elif kind == "agc":
+      tables.append(agc_table(runs))
+    else:
+      raise SweepError(f"sweep table kind {kind!r} is unknown to make_tables")
+  return tables
+
+
+def make_tables(sweep_dirs: Sequence[str], out_dir: str, figures: bool = True) -> list[str]:
+  """Writes every table (and the batch-size and AGC figures) of the sweeps into `out_dir`."""
+  written = []
+  for table in build_tables(sweep_dirs):
+    written += write_table(table, out_dir)
+    if figures and table.name in ("batch_size_table", "agc_table"):
+      from skipinit.analysis import table_figures  # matplotlib only when a figure is drawn
+      written += table_figures.figures_for(table, out_dir)
+  return written

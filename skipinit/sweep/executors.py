@@ -1,0 +1,246 @@
+"""Executors that train a sweep's runs: local sequential, local parallel (one run per GPU), SLURM.
+
+Every run is trained by `scripts/train.py` in a subprocess, so a crash (or an out-of-memory kill)
+costs one run, not the sweep, and each worker can pin its own GPU with CUDA_VISIBLE_DEVICES. All
+executors go through `run_one`, which makes re-launching safe (PAPER.md section 4: a diverged run
+is a result, never re-run):
+  completed, diverged        skipped
+  failed, interrupted        re-run; the trainer resumes from the run's last checkpoint
+  locked by another worker   skipped by this one (two workers never train the same run)
+"""
+
+import datetime
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from skipinit.sweep import rundir
+from skipinit.sweep.spec import Run, SweepError
+
+ATTEMPTS = "attempts.jsonl"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_SCRIPT = os.path.join(REPO_ROOT, "scripts", "train.py")
+
+
+def _fmt_flag(value) -> str:
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (list, tuple)):
+    return "(" + ",".join(map(str, value)) + ")"
+  return str(value)
+
+
+def train_command(config: str, config_arg: str, run_dir: str, overrides: dict,
+                  train_script: str | None = None) -> list[str]:
+  """The `scripts/train.py` command line of one run (DESIGN.md "Train")."""
+  script = train_script or TRAIN_SCRIPT
+  if not os.path.isfile(script):
+    raise SweepError(f"training script {script!r} not found: install the repository in editable "
+                     "mode (pip install -e .) and run from it")
+  config_flag = f"--config={config}:{config_arg}" if config_arg else f"--config={config}"
+  cmd = [sys.executable, script, config_flag, f"--workdir={run_dir}"]
+  cmd += [f"--config.{k}={_fmt_flag(v)}" for k, v in overrides.items()]
+  return cmd
+
+
+def classify(sweep_dir: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
+  """Runs by what a launch would do with them: completed, diverged, busy, failed, interrupted, new."""
+  out = {k: [] for k in ("completed", "diverged", "busy", "failed", "interrupted", "new")}
+  for run in runs:
+    run_dir = os.path.join(sweep_dir, run.name)
+    state = rundir.run_state(run_dir)
+    if state in rundir.FINISHED:
+      out[state].append(run)
+    elif rundir.is_locked(run_dir):
+      out["busy"].append(run)
+    elif state == "failed":
+      out["failed"].append(run)
+    elif state == "running" or os.path.isdir(os.path.join(run_dir, "checkpoints")):
+      out["interrupted"].append(run)
+    else:
+      out["new"].append(run)
+  return out
+
+
+def pending(classes: dict[str, list[Run]]) -> list[Run]:
+  return classes["failed"] + classes["interrupted"] + classes["new"]
+
+
+def _record_attempt(sweep_dir: str, entry: dict) -> None:
+  # One short line per write with O_APPEND: concurrent workers do not interleave within a line.
+  with open(os.path.join(sweep_dir, ATTEMPTS), "a") as f:
+    f.write(json.dumps(entry) + "\n")
+
+
+class _Active:
+  """Training processes started by this process, so an interrupt can stop them all."""
+
+  def __init__(self):
+    self.procs, self.lock = set(), threading.Lock()
+
+  def add(self, p):
+    with self.lock:
+      self.procs.add(p)
+
+  def remove(self, p):
+    with self.lock:
+      self.procs.discard(p)
+
+  def terminate_all(self):
+    with self.lock:
+      procs = list(self.procs)
+    for p in procs:
+      _stop(p)
+
+
+_ACTIVE = _Active()
+
+
+def _stop(p: subprocess.Popen) -> None:
+  if p.poll() is None:
+    p.terminate()
+    try:
+      p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
+def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | None = None,
+            train_script: str | None = None, worker: str = "") -> str:
+  """Trains one run unless it is finished or locked; returns its state afterwards, or "busy"/"skipped".
+
+  The state is re-read under the lock, so a run another worker finished a moment ago is skipped.
+  """
+  run_dir = os.path.join(sweep_dir, run.name)
+  lock = rundir.RunLock(run_dir)
+  if not lock.acquire():
+    return "busy"
+  try:
+    if rundir.run_state(run_dir) in rundir.FINISHED:
+      return "skipped"
+    # An absolute workdir, and the launcher's cwd: relative paths in the sweep argument (data.path)
+    # mean what they meant where the sweep was launched.
+    cmd = train_command(config, config_arg, os.path.abspath(run_dir), run.overrides, train_script)
+    start = time.time()
+    with open(os.path.join(run_dir, rundir.LOG), "a") as log:
+      log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
+                f"{socket.gethostname()} {worker}\n$ {' '.join(cmd)}\n")
+      log.flush()
+      # pass_fds: the trainer inherits the lock, so it stays held while training even if this
+      # worker dies; closing our copy later does not release the trainer's.
+      p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                           pass_fds=(lock.fd,))
+      _ACTIVE.add(p)
+      try:
+        returncode = p.wait()
+      except BaseException:
+        _stop(p)
+        raise
+      finally:
+        _ACTIVE.remove(p)
+    state = rundir.run_state(run_dir)
+    if returncode != 0 and state not in rundir.FINISHED:
+      state = "failed"  # e.g. killed before it could write status.json
+    _record_attempt(sweep_dir, {
+        "run": run.name, "state": state, "returncode": returncode, "worker": worker,
+        "host": socket.gethostname(), "start": round(start, 1),
+        "seconds": round(time.time() - start, 1)})
+    return state
+  finally:
+    lock.release()
+
+
+def _describe(run: Run, state: str, sweep_dir: str) -> str:
+  status = rundir.read_status(os.path.join(sweep_dir, run.name)) or {}
+  if state == "completed" and "test_acc" in status:
+    return f"completed (test_acc {status['test_acc']:.4g})"
+  if state == "diverged":
+    return f"diverged at step {status.get('diverged_step', '?')}"
+  if state == "failed":
+    return f"FAILED: see {os.path.join(sweep_dir, run.name, rundir.LOG)}"
+  return state
+
+
+def run_local(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str,
+              train_script: str | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
+  """Trains the runs one after another in this process's environment (all its devices)."""
+  outcomes: dict[str, int] = {}
+  for i, run in enumerate(runs):
+    log(f"[{i + 1}/{len(runs)}] {run.name}: training")
+    state = run_one(sweep_dir, run, config, config_arg, train_script=train_script, worker="local")
+    outcomes[state] = outcomes.get(state, 0) + 1
+    log(f"[{i + 1}/{len(runs)}] {run.name}: {_describe(run, state, sweep_dir)}")
+  return outcomes
+
+
+def detect_gpus() -> list[str]:
+  """GPU ids this process may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return [g.strip() for g in visible.split(",") if g.strip()]
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, gpus: Sequence[str],
+             train_script: str | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
+  """One worker per entry of `gpus`, each training one run at a time on its own GPU.
+
+  A GPU id listed twice ("0,0,1,1") runs two small runs on it at once; JAX then allocates memory on
+  demand instead of grabbing most of the GPU per process.
+  """
+  if not gpus:
+    raise SweepError("--executor=gpus found no GPUs (no CUDA_VISIBLE_DEVICES, no nvidia-smi): pass "
+                     "--gpus=0,1,... or use --executor=local")
+  shared = len(set(gpus)) < len(gpus)
+  todo: queue.Queue = queue.Queue()
+  for i, run in enumerate(runs):
+    todo.put((i, run))
+  outcomes: dict[str, int] = {}
+  lock, stop = threading.Lock(), threading.Event()
+  errors = []
+
+  def worker(gpu: str, slot: int):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
+    if shared:
+      env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    while not stop.is_set():
+      try:
+        i, run = todo.get_nowait()
+      except queue.Empty:
+        return
+      try:
+        state = run_one(sweep_dir, run, config, config_arg, env=env, train_script=train_script,
+                        worker=f"gpu{gpu}.{slot}")
+      except Exception as e:  # keep the other workers going; report at the end
+        errors.append(f"{run.name}: {e}")
+        state = "failed"
+      with lock:
+        outcomes[state] = outcomes.get(state, 0) + 1
+        log(f"[{i + 1}/{len(runs)}] gpu {gpu}: {run.name}: {_describe(run, state, sweep_dir)}")
+
+  threads = [threading.Thread(target=worker, args=(g, s), daemon=True) for s, g in enumerate(gpus)]
+  for t in threads:
+    t.start()
+  try:
+    while any(t.is_alive() for t in threads):
+      for t in threads:
+        t.join(timeout=0.5)
+  except KeyboardInterrupt:
+    stop.set()
+    _ACTIVE.terminate_all()
+    raise
+  if errors:
+    raise SweepError("; ".join(errors))
+  return outcomes

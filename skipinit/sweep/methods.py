@@ -1,0 +1,57 @@
+"""The variants the paper's tables compare, as config overrides (PAPER.md section 3).
+
+A sweep row is a *method*: a short, filesystem-safe name (it becomes the first part of every run
+directory name) and the overrides that select it. The sweep files in configs/sweeps/ pick methods
+from here so that the same name always means the same thing in every table, and the tables use
+`LABELS` to print them.
+"""
+
+from skipinit.errors import ConfigError
+
+# Regularized SkipInit's dropout before the classifier: the paper used ~0.2-0.3 [rec].
+DEFAULT_DROPOUT = 0.2
+
+
+def method_overrides(dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
+  """Name -> config overrides of every method a sweep may use (PAPER.md section 3)."""
+  skipinit0 = {"model.normalizer": "skipinit", "model.alpha_init": "0"}
+  return {
+      "batchnorm": {"model.normalizer": "batchnorm"},
+      "skipinit_a0": dict(skipinit0),
+      "skipinit_inv_sqrt_d": {"model.normalizer": "skipinit", "model.alpha_init": "inv_sqrt_d"},
+      "fixup": {"model.normalizer": "fixup"},
+      # Ablations (PAPER.md sections 1.2 and 5): expected to fail at depth 1000, or to lose accuracy.
+      "skipinit_a1": {"model.normalizer": "skipinit", "model.alpha_init": "1"},
+      "sqrt2_merge": {"model.normalizer": "sqrt2_merge"},
+      "none": {"model.normalizer": "none"},
+      "skipinit_nowd": {**skipinit0, "train.weight_decay": 0.0},
+      # BN also regularizes; SkipInit needs biases and dropout to match it (PAPER.md section 1.4).
+      "skipinit_bias": {**skipinit0, "model.conv_bias": True},
+      "skipinit_reg": {**skipinit0, "model.conv_bias": True, "model.dropout_rate": dropout_rate},
+      # NF-ResNet, the network adaptive gradient clipping was made for (PAPER.md section 3, "Beyond").
+      "nf": {"model.normalizer": "nf"},
+  }
+
+
+LABELS = {
+    "batchnorm": "BatchNorm",
+    "skipinit_a0": "SkipInit (α=0)",
+    "skipinit_inv_sqrt_d": "SkipInit (α=1/√d)",
+    "fixup": "Fixup",
+    "skipinit_a1": "SkipInit (α=1)",
+    "sqrt2_merge": "√2 merge",
+    "none": "No normalization",
+    "skipinit_nowd": "SkipInit (α=0), no weight decay",
+    "skipinit_bias": "SkipInit + biases",
+    "skipinit_reg": "Regularized SkipInit (biases + dropout)",
+    "nf": "NF-ResNet",
+}
+
+
+def select(names, dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
+  """The overrides of the named methods, in the given order; a ConfigError names unknown ones."""
+  known = method_overrides(dropout_rate)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ConfigError(f"unknown method(s) {', '.join(unknown)}: use some of {', '.join(known)}")
+  return {n: known[n] for n in names}

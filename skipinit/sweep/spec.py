@@ -1,0 +1,331 @@
+"""Sweep definitions -> deterministic run directories, and the sweep manifest (PAPER.md sections 4-5).
+
+A sweep file (configs/sweeps/*.py) defines `get_sweep(arg)`, which returns `make_sweep(...)`: the
+base config (a config file and its `get_config` argument), the table it feeds, and the runs. Each
+run is a flat dict: "method" (the table row, see `skipinit.sweep.methods`) plus full config keys
+("train.lr": 0.0625, ...). The sweep argument is the sweep's budget knobs and, optionally, config
+overrides for every run and presets for the base config:
+  "epochs=1,seeds=1,lr_exps=-4:-2,depths=16"   knobs (keyword arguments of the sweep function)
+  "preset=smoke"                                presets appended to the base config argument
+  "data.source=folder,data.path=/x.tar.gz"      full config keys: set in every run
+
+`expand` names every run `<method>/<axis values>` from the values that vary within a method
+(e.g. "skipinit_a0/depth100_lr0.0625_seed1"), so the same sweep and argument always give the same
+directories. The sweep directory's manifest (sweep.json) pins the sweep: re-launching into it with
+a different run list is refused rather than silently mixing budgets.
+"""
+
+import dataclasses
+import importlib.util
+import inspect
+import json
+import os
+import re
+from typing import Any, Callable, Sequence
+
+from skipinit import config as cfg_lib
+from skipinit.errors import ConfigError, SkipInitError
+
+MANIFEST = "sweep.json"
+MANIFEST_VERSION = 1
+TABLES = ("depth", "ablation", "batch_size", "imagenet", "agc")
+# The order of the axes in a run name: the table axes first, so `ls` groups related runs.
+NAME_KEY_ORDER = ("model.depth", "model.width", "train.batch_size", "train.agc_clip", "train.lr",
+                  "train.seed")
+ABBREV = {"batch_size": "bs", "agc_clip": "agc", "weight_decay": "wd", "dropout_rate": "drop",
+          "ghost_batch_size": "ghost", "alpha_init": "alpha", "epochs": "ep"}
+# Resolved values stored in the manifest, so that tables can place a run that never started.
+TABLE_KEYS = ("model.name", "model.depth", "model.width", "model.normalizer", "model.alpha_init",
+              "model.conv_bias", "model.dropout_rate", "model.ghost_batch_size", "data.name",
+              "data.source", "train.batch_size", "train.lr", "train.seed", "train.epochs",
+              "train.weight_decay", "train.agc_clip")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class SweepError(SkipInitError, ValueError):
+  """A sweep definition, argument or sweep directory is invalid; the message says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run of a sweep: its directory name (relative to the sweep dir), row and config overrides."""
+
+  name: str
+  method: str
+  overrides: dict
+  resolved: dict = dataclasses.field(default_factory=dict, compare=False)
+
+  def to_json(self) -> dict:
+    return {"name": self.name, "method": self.method, "overrides": self.overrides,
+            "resolved": self.resolved}
+
+
+def powers_of_two(exponents: Sequence[int]) -> list[float]:
+  """The learning-rate grid of PAPER.md section 4: 2^e for each exponent."""
+  return [2.0 ** int(e) for e in exponents]
+
+
+def sibling_config(sweep_file: str, name: str) -> str:
+  """Absolute path of configs/<name> seen from a file in configs/sweeps/."""
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sweep_file))), name)
+
+
+# ---------------------------------------------------------------------------------------- knobs
+
+def _convert(knob: str, text: str, default):
+  try:
+    if isinstance(default, bool):
+      low = text.lower()
+      if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError
+      return low in ("true", "1", "yes")
+    if isinstance(default, int):
+      return int(text)
+    if isinstance(default, float):
+      return float(text)
+  except ValueError:
+    raise SweepError(f"sweep argument {knob}={text!r}: expected a {type(default).__name__}") from None
+  return text
+
+
+def _parse_knob(knob: str, text: str, default):
+  if not isinstance(default, (tuple, list)):
+    return _convert(knob, text, default)
+  element = default[0] if len(default) else ""
+  # "lo:hi" is an inclusive integer range (exponents of a powers-of-2 grid); "a;b;c" a list.
+  if ":" in text and isinstance(element, int) and not isinstance(element, bool):
+    lo, _, hi = text.partition(":")
+    lo, hi = _convert(knob, lo, 0), _convert(knob, hi, 0)
+    if hi < lo:
+      raise SweepError(f"sweep argument {knob}={text!r}: empty range (use lo:hi with lo <= hi)")
+    return tuple(range(lo, hi + 1))
+  return tuple(_convert(knob, item.strip(), element) for item in text.split(";") if item.strip())
+
+
+def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
+  """Splits a sweep argument into (knobs for `fn`, base-config presets, config overrides)."""
+  params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+  knobs, presets, extra = {}, [], {}
+  for item in filter(None, (p.strip() for p in (arg or "").split(","))):
+    if "=" not in item:
+      raise SweepError(f"sweep argument {item!r} is not key=value; knobs of {fn.__name__}: "
+                       f"{', '.join(params)} (plus preset=NAME and full config keys like "
+                       "train.lr=0.1)")
+    key, value = (s.strip() for s in item.split("=", 1))
+    if key == "preset":
+      presets.extend(p for p in value.split(";") if p)
+    elif "." in key:
+      extra[key] = value
+    elif key in params:
+      knobs[key] = _parse_knob(key, value, params[key])
+    else:
+      raise SweepError(f"unknown sweep knob {key!r}; knobs of {fn.__name__}: {', '.join(params)} "
+                       "(plus preset=NAME and full config keys like train.lr=0.1)")
+  return knobs, presets, extra
+
+
+def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str | None,
+               config: str, config_arg: str = "") -> dict:
+  """What a sweep file's `get_sweep(arg)` returns: the runs of `fn` and what to train them with."""
+  if table not in TABLES:
+    raise SweepError(f"sweep {name}: table={table!r} is unknown: use one of {', '.join(TABLES)}")
+  knobs, presets, extra = parse_arg(arg, fn)
+  runs = fn(**knobs)
+  if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+    raise SweepError(f"sweep function {fn.__name__} must return a list of dicts")
+  # A key the sweep sets itself (a method's normalizer, the swept lr) must not be overridden
+  # behind the method labels' back: it is changed through the sweep's knobs.
+  clash = sorted(set(extra) & {k for r in runs for k in r})
+  if clash:
+    raise SweepError(f"sweep {name} sets {', '.join(clash)} itself: change it through the knobs "
+                     f"({', '.join(inspect.signature(fn).parameters)}), not as a config override")
+  return {
+      "name": name, "table": table, "config": os.path.abspath(config),
+      "config_arg": ",".join(filter(None, [config_arg, *presets])),
+      "arg": arg or "", "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()},
+      "runs": [{**r, **extra} for r in runs],
+  }
+
+
+# ---------------------------------------------------------------------------------- load + expand
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise SweepError(f"{what} {path!r} does not exist")
+  module_name = "_skipinit_" + re.sub(r"\W", "_", os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+  """"configs/sweeps/x.py:arg" -> (path, arg), like ml_collections' config files."""
+  path, _, arg = spec.partition(":")
+  return path, arg
+
+
+def load_sweep(spec: str) -> dict:
+  """Loads `path.py[:arg]` and returns its `get_sweep(arg)`."""
+  path, arg = split_spec(spec)
+  module = _load_module(path, "sweep file")
+  if not hasattr(module, "get_sweep"):
+    raise SweepError(f"sweep file {path!r} defines no get_sweep(arg)")
+  try:
+    sweep = module.get_sweep(arg)
+  except ConfigError as e:
+    raise SweepError(f"{path}: {e}") from None
+  sweep["sweep_file"] = path
+  return sweep
+
+
+def _fmt(value: Any) -> str:
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, float):
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+  return str(value)
+
+
+def _abbrev(key: str) -> str:
+  last = key.split(".")[-1]
+  return ABBREV.get(last, last)
+
+
+def _run_names(runs: list[tuple[str, dict]]) -> list[str]:
+  """Short unique names: the method, then the values that vary within it (PAPER.md 4 axes)."""
+  rank = {k: i for i, k in enumerate(NAME_KEY_ORDER)}
+  keys = sorted({k for _, o in runs for k in o}, key=lambda k: (rank.get(k, len(rank)), k))
+  by_method: dict[str, list[dict]] = {}
+  for method, o in runs:
+    by_method.setdefault(method, []).append(o)
+  missing = object()
+  varying = [k for k in keys
+             if any(len({repr(o.get(k, missing)) for o in group}) > 1 for group in by_method.values())]
+
+  def names(axes):
+    out = []
+    for method, o in runs:
+      parts = [_abbrev(k) + _fmt(o[k]) for k in axes if k in o]
+      suffix = re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(parts))
+      out.append(f"{method}/{suffix}" if suffix else method)
+    return out
+
+  # Drop axes that others already determine (e.g. a ghost batch size set from the batch size),
+  # least important first, as long as the names stay unique.
+  axes = list(varying)
+  for key in reversed(varying):
+    trial = [k for k in axes if k != key]
+    if len(set(names(trial))) == len(runs):
+      axes = trial
+  return names(axes)
+
+
+def expand(sweep: dict, validate: bool = True) -> list[Run]:
+  """The sweep's runs with their directory names; with `validate`, every config is built and checked.
+
+  Raises SweepError (one line) for a bad method name, an unknown config key, an invalid config, or
+  two runs with the same config.
+  """
+  raw = []
+  for i, r in enumerate(sweep["runs"]):
+    method = r.get("method")
+    if not isinstance(method, str) or not _SAFE_NAME.match(method):
+      raise SweepError(f"run {i} of sweep {sweep['name']}: 'method' must be a name of letters, "
+                       f"digits and _.+- (got {method!r})")
+    overrides = {k: v for k, v in r.items() if k != "method"}
+    bad = [k for k in overrides if "." not in k]
+    if bad:
+      raise SweepError(f"run {i} of sweep {sweep['name']}: {', '.join(bad)} are not full config "
+                       "keys (section.name, e.g. train.lr)")
+    raw.append((method, overrides))
+  names = _run_names(raw)
+  seen: dict[str, int] = {}
+  for i, n in enumerate(names):
+    if n in seen:
+      raise SweepError(f"runs {seen[n]} and {i} of sweep {sweep['name']} have the same method "
+                       f"and config ({n})")
+    seen[n] = i
+
+  module = _load_module(sweep["config"], "config file") if validate else None
+  runs = []
+  for name, (method, overrides) in zip(names, raw):
+    resolved = {}
+    if module is not None:
+      try:
+        config = module.get_config(sweep["config_arg"] or None)
+        cfg_lib.apply_overrides(config, overrides)
+        cfg_lib.validate(config)
+      except ConfigError as e:
+        raise SweepError(f"run {name}: {e}") from None
+      # Typed values (a "0.1" from the sweep argument becomes 0.1) keep names and the manifest exact.
+      overrides = {k: _jsonable(config[k.split(".")[0]][k.split(".")[1]]) for k in overrides}
+      for key in TABLE_KEYS:
+        section, field = key.split(".")
+        if section in config and field in config[section]:
+          resolved[key] = _jsonable(config[section][field])
+    runs.append(Run(name, method, overrides, resolved))
+  return runs
+
+
+def _jsonable(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+# -------------------------------------------------------------------------------------- manifest
+
+def manifest(sweep: dict, runs: list[Run]) -> dict:
+  """The sweep directory's sweep.json: how the sweep was made and every run it expects."""
+  return {
+      "version": MANIFEST_VERSION, "name": sweep["name"], "table": sweep["table"],
+      "sweep_file": sweep.get("sweep_file", ""), "arg": sweep.get("arg", ""),
+      "config": sweep["config"], "config_arg": sweep["config_arg"], "knobs": sweep.get("knobs", {}),
+      "runs": [r.to_json() for r in runs],
+  }
+
+
+def read_manifest(sweep_dir: str) -> dict:
+  path = os.path.join(sweep_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise SweepError(f"{sweep_dir!r} is not a sweep directory: it has no {MANIFEST} "
+                     "(scripts/sweep.py writes one)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise SweepError(f"cannot read {path}: {e}") from None
+
+
+def runs_from_manifest(m: dict) -> list[Run]:
+  return [Run(r["name"], r["method"], r["overrides"], r.get("resolved", {})) for r in m["runs"]]
+
+
+def _identity(m: dict) -> tuple:
+  return (m["table"], m["config_arg"], os.path.basename(m["config"]),
+          [(r["name"], r["method"], json.dumps(r["overrides"], sort_keys=True)) for r in m["runs"]])
+
+
+def check_manifest(sweep_dir: str, m: dict) -> bool:
+  """True if `sweep_dir` already has this sweep's manifest, False if it has none; else SweepError."""
+  if not os.path.isfile(os.path.join(sweep_dir, MANIFEST)):
+    return False
+  old = read_manifest(sweep_dir)
+  if _identity(old) != _identity(m):
+    raise SweepError(
+        f"{sweep_dir} holds a different sweep ({old.get('sweep_file')}:{old.get('arg')}, "
+        f"{len(old['runs'])} runs); this launch asks for {m['sweep_file']}:{m['arg']} "
+        f"({len(m['runs'])} runs): use a new --sweep_dir, or the original --sweep argument")
+  return True
+
+
+def write_manifest(sweep_dir: str, m: dict) -> None:
+  """Writes sweep.json, or checks that an existing one describes the same runs."""
+  if check_manifest(sweep_dir, m):
+    return
+  os.makedirs(sweep_dir, exist_ok=True)
+  path = os.path.join(sweep_dir, MANIFEST)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(m, f, indent=1)
+  os.replace(tmp, path)  # atomic: a concurrent launcher never reads half a manifest

@@ -1,0 +1,236 @@
+"""Sweeps: deterministic expansion, relaunch rules, locking and executors (PAPER.md section 4).
+
+A fake trainer (a few lines of Python, no JAX) stands in for scripts/train.py here so that these
+tests take seconds; tests/test_sweep_e2e.py runs the real one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from skipinit import sweep as sweep_lib
+from skipinit.sweep import executors, rundir, spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = os.path.join(REPO, "configs", "sweeps")
+CHEAP_DEPTH = os.path.join(SWEEPS, "depth_table.py") + ":epochs=2,seeds=2,lr_exps=-4:-3,depths=16;100"
+
+# Writes the run-directory files of DESIGN.md like the real trainer: diverges for lr >= 8, fails
+# when the workdir contains $FAKE_FAIL, sleeps $FAKE_SLEEP s, logs each call to $FAKE_CALLS.
+FAKE_TRAINER = textwrap.dedent("""\
+    import json, os, sys, time
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    workdir = args["workdir"]
+    overrides = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
+    with open(os.environ["FAKE_CALLS"], "a") as f:
+      f.write(json.dumps({"workdir": workdir, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          "lock_fds": sorted(os.listdir("/proc/self/fd"))}) + "\\n")
+    os.makedirs(workdir, exist_ok=True)
+    config = {"model": {}, "data": {}, "train": {}}
+    for k, v in overrides.items():
+      s, n = k.split(".")
+      try:
+        v = float(v) if "." in v or "e" in v else int(v)
+      except ValueError:
+        pass
+      config[s][n] = v
+    json.dump(config, open(os.path.join(workdir, "config.json"), "w"))
+    def status(**kw):
+      json.dump(kw, open(os.path.join(workdir, "status.json"), "w"))
+    status(status="running", step=0, epoch=0.0)
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in workdir:
+      status(status="failed", step=0, epoch=0.0, error="RuntimeError: fake")
+      sys.exit(1)
+    lr = config["train"]["lr"]
+    if lr >= 8:
+      status(status="diverged", step=3, epoch=0.1, diverged_step=3)
+    else:
+      acc = 0.5 + lr + 0.01 * config["train"].get("seed", 0)
+      m = {"step": 10, "epoch": 1.0, "train_loss": 1.0 - lr, "train_acc": acc, "test_loss": 1.0,
+           "test_acc": acc, "lr": lr, "examples_per_sec": 1.0, "wall_time": 0.1}
+      open(os.path.join(workdir, "metrics.jsonl"), "w").write(json.dumps(m) + "\\n")
+      status(status="completed", step=10, epoch=1.0, train_loss=1.0 - lr, train_acc=acc,
+             test_loss=1.0, test_acc=acc)
+    """)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+  """A fake train script; returns a function listing the workdirs it was called for."""
+  script = tmp_path / "fake_train.py"
+  script.write_text(FAKE_TRAINER)
+  calls = tmp_path / "calls.jsonl"
+  calls.touch()
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  monkeypatch.setattr(executors, "TRAIN_SCRIPT", str(script))
+
+  def called():
+    return [json.loads(line) for line in calls.read_text().splitlines()]
+  return called
+
+
+def _launch(sweep, sweep_dir, **kw):
+  logs = []
+  rc = sweep_lib.launch(sweep, str(sweep_dir), log=logs.append, **kw)
+  return rc, logs
+
+
+# ------------------------------------------------------------------------------------ expansion
+
+def test_expansion_is_deterministic_and_named_by_axes():
+  a = spec.expand(spec.load_sweep(CHEAP_DEPTH))
+  b = spec.expand(spec.load_sweep(CHEAP_DEPTH))
+  assert [(r.name, r.method, r.overrides) for r in a] == [(r.name, r.method, r.overrides) for r in b]
+  assert len(a) == 2 * 4 * 2 * 2  # depths x methods x lrs x seeds
+  assert len({r.name for r in a}) == len(a)
+  assert a[0].name == "batchnorm/depth16_lr0.0625_seed0"
+  assert a[0].overrides == {"model.normalizer": "batchnorm", "model.depth": 16, "model.width": 2,
+                            "train.batch_size": 64, "train.epochs": 2.0, "train.lr": 0.0625,
+                            "train.seed": 0}
+  names = {r.name for r in a}
+  assert "skipinit_inv_sqrt_d/depth100_lr0.125_seed1" in names
+  assert a[0].resolved["model.name"] == "wrn" and a[0].resolved["train.lr"] == 0.0625
+
+
+def test_every_sweep_file_expands_at_full_budget():
+  sizes = {"depth_table.py": 252, "ablation_table.py": 315, "batch_size.py": 432,
+           "agc_batch_size.py": 504, "imagenet_table.py": 48}
+  for name, size in sizes.items():
+    runs = spec.expand(spec.load_sweep(os.path.join(SWEEPS, name)))
+    assert len(runs) == size, name
+    assert len({r.name for r in runs}) == size
+
+
+def test_batch_size_sweep_ghost_batch_follows_batch_but_not_into_names():
+  runs = spec.expand(spec.load_sweep(
+      os.path.join(SWEEPS, "batch_size.py") + ":batch_exps=4:7,lr_exps=-2,seeds=1"))
+  bn = {r.overrides["train.batch_size"]: r for r in runs if r.method == "batchnorm"}
+  assert {b: r.overrides["model.ghost_batch_size"] for b, r in bn.items()} == \
+      {16: 16, 32: 32, 64: 64, 128: 64}
+  assert bn[16].name == "batchnorm/bs16" and "model.ghost_batch_size" not in \
+      next(r for r in runs if r.method == "skipinit_a0").overrides
+
+
+def test_knobs_presets_and_config_overrides():
+  s = spec.load_sweep(CHEAP_DEPTH + ",preset=smoke,data.synthetic_train_size=128")
+  assert s["config_arg"] == "smoke" and s["knobs"]["lr_exps"] == [-4, -3]
+  runs = spec.expand(s)
+  assert all(r.overrides["data.synthetic_train_size"] == 128 for r in runs)
+  with pytest.raises(spec.SweepError, match="unknown sweep knob 'lrs'"):
+    spec.load_sweep(CHEAP_DEPTH + ",lrs=1")
+  with pytest.raises(spec.SweepError, match="expected a int"):
+    spec.load_sweep(CHEAP_DEPTH + ",seeds=two")
+  with pytest.raises(spec.SweepError, match="unknown config key"):
+    spec.expand(spec.load_sweep(CHEAP_DEPTH + ",train.lrr=1"))
+  with pytest.raises(spec.SweepError, match="sets model.normalizer, train.lr itself"):
+    spec.load_sweep(CHEAP_DEPTH + ",train.lr=0.1,model.normalizer=none")
+
+
+# -------------------------------------------------------------------------- launch and relaunch
+
+def test_relaunch_skips_finished_and_diverged_reruns_failed_and_interrupted(tmp_path, fake,
+                                                                           monkeypatch):
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2;3,batch_exps=6"
+  d = tmp_path / "sw"
+  monkeypatch.setenv("FAKE_FAIL", "skipinit_a0/lr0.25")
+  rc, logs = _launch(sweep, d)
+  assert rc == 1 and len(fake()) == 4  # one failed
+  classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
+  assert [r.name for r in classes["diverged"]] == ["batchnorm/lr8", "skipinit_a0/lr8"]
+  assert [r.name for r in classes["failed"]] == ["skipinit_a0/lr0.25"]
+  assert rundir.run_state(str(d / "batchnorm" / "lr8")) == "diverged"
+
+  # Relaunch: only the failed run trains again.
+  monkeypatch.delenv("FAKE_FAIL")
+  rc, logs = _launch(sweep, d)
+  assert rc == 0 and [c["workdir"] for c in fake()[4:]] == [str(d / "skipinit_a0" / "lr0.25")]
+
+  # An interrupted run (status "running", nobody holds its lock) is re-run; nothing else is.
+  (d / "batchnorm" / "lr0.25" / "status.json").write_text('{"status": "running", "step": 3}')
+  rc, logs = _launch(sweep, d)
+  assert rc == 0 and [c["workdir"] for c in fake()[5:]] == [str(d / "batchnorm" / "lr0.25")]
+  rc, logs = _launch(sweep, d)
+  assert len(fake()) == 6 and "nothing to do" in logs[-1]
+  attempts = (d / executors.ATTEMPTS).read_text().splitlines()
+  assert len(attempts) == 6 and json.loads(attempts[0])["state"] in ("completed", "diverged", "failed")
+
+
+def test_locked_run_is_left_to_its_worker(tmp_path, fake):
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2:-1,batch_exps=6"
+  d = tmp_path / "sw"
+  with rundir.RunLock(str(d / "batchnorm" / "lr0.25")) as lock:
+    assert lock.acquire()
+    rc, logs = _launch(sweep, d)
+    assert "1 busy" in logs[0]
+    assert str(d / "batchnorm" / "lr0.25") not in [c["workdir"] for c in fake()]
+    assert len(fake()) == 3
+  # The lock died with its holder: the next launch trains the run.
+  rc, logs = _launch(sweep, d)
+  assert fake()[-1]["workdir"] == str(d / "batchnorm" / "lr0.25") and len(fake()) == 4 and rc == 0
+
+
+def test_two_concurrent_workers_never_train_the_same_run(tmp_path, fake, monkeypatch):
+  monkeypatch.setenv("FAKE_SLEEP", "0.3")
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
+  d = tmp_path / "sw"
+  runs = spec.expand(spec.load_sweep(sweep))
+  spec.write_manifest(str(d), spec.manifest(spec.load_sweep(sweep), runs))
+  config = spec.load_sweep(sweep)["config"]
+  threads = [threading.Thread(target=executors.run_local,
+                              args=(str(d), runs, config, "", None, lambda s: None)) for _ in range(3)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  workdirs = [c["workdir"] for c in fake()]
+  assert sorted(workdirs) == sorted(str(d / r.name) for r in runs)  # each exactly once
+  # The training process inherited the lock's file descriptor (it keeps the lock if we die).
+  assert all(len(c["lock_fds"]) >= 4 for c in fake())
+
+
+def test_gpus_executor_pins_one_gpu_per_worker(tmp_path, fake):
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
+  rc, logs = _launch(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "1"])
+  calls = fake()
+  assert rc == 0 and len(calls) == 8 and {c["gpu"] for c in calls} <= {"0", "1"}
+  with pytest.raises(spec.SweepError, match="found no GPUs"):
+    executors.run_gpus(str(tmp_path), [], "", "", [])
+
+
+def test_slurm_executor_through_submitit_debug_cluster(tmp_path, fake):
+  pytest.importorskip("submitit")
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2;3,batch_exps=6"
+  rc, logs = _launch(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
+  assert rc == 0 and len(fake()) == 4 and "job array" in logs[1]
+  rc, logs = _launch(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
+  assert len(fake()) == 4 and "nothing to do" in logs[-1]
+
+
+def test_dry_run_writes_nothing_and_a_changed_sweep_is_refused(tmp_path, fake):
+  d = tmp_path / "sw"
+  rc, logs = _launch(CHEAP_DEPTH, d, dry_run=True)
+  assert rc == 0 and not d.exists() and len(logs) == 2 + 32 and fake() == []
+  assert "scripts/train.py" in logs[-1] or "fake_train.py" in logs[-1]
+  os.makedirs(d)
+  spec.write_manifest(str(d), spec.manifest(spec.load_sweep(CHEAP_DEPTH),
+                                            spec.expand(spec.load_sweep(CHEAP_DEPTH))))
+  with pytest.raises(spec.SweepError, match="holds a different sweep"):
+    _launch(CHEAP_DEPTH.replace("seeds=2", "seeds=1"), d, dry_run=True)
+
+
+def test_script_reports_bad_input_in_one_line(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "sweep.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  p = run(f"--sweep={CHEAP_DEPTH}", f"--sweep_dir={tmp_path / 'x'}", "--dry_run")
+  assert p.returncode == 0 and "32 runs: 32 new" in p.stdout
+  p = run(f"--sweep={CHEAP_DEPTH},depths=17", f"--sweep_dir={tmp_path / 'x'}")
+  assert p.returncode == 2 and "Traceback" not in p.stderr
+  assert p.stderr.strip().splitlines()[-1].startswith("error: run batchnorm/")
+  assert "not a valid Wide-ResNet depth" in p.stderr and not (tmp_path / "x").exists()

@@ -1,0 +1,55 @@
+"""A tiny real sweep: scripts/sweep.py trains with scripts/train.py, then scripts/make_tables.py.
+
+Two smoke runs of one epoch on synthetic data (the trainer's "smoke" preset), one of them at a
+learning rate that diverges (2^100: non-finite after one step), trained in parallel by the `gpus`
+executor (two workers; on a CPU the GPU ids are ignored). Checks the contract end to end: run
+directories, the diverged run reported as diverged, the batch-size table, the figures, and that a
+relaunch trains nothing.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = (os.path.join(REPO, "configs", "sweeps", "batch_size.py") +
+         ":preset=smoke,depth=10,width=1,epochs=1,seeds=1,batch_exps=5,lr_exps=-3;100,"
+         "methods=skipinit_a0,"
+         "data.synthetic_train_size=64,data.synthetic_test_size=32,train.steps_per_dispatch=2")
+
+BIG = "lr" + repr(2.0 ** 100)  # the diverging run's directory: lr1.2676506002282294e+30
+
+
+def _run(script, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, "scripts", "train.py")),
+                    reason="the trainer (scripts/train.py) is not in this checkout")
+def test_tiny_sweep_end_to_end(tmp_path):
+  sweep_dir, out = tmp_path / "sweep", tmp_path / "tables"
+  p = _run("sweep.py", f"--sweep={SWEEP}", f"--sweep_dir={sweep_dir}", "--executor=gpus", "--gpus=0,0")
+  assert p.returncode == 0, p.stdout + p.stderr
+  assert "2 runs: 2 new" in p.stdout and "1 completed" in p.stdout and "1 diverged" in p.stdout
+  for name in ("skipinit_a0/lr0.125", "skipinit_a0/" + BIG):
+    assert {"config.json", "status.json", "train.log"} <= set(os.listdir(sweep_dir / name))
+
+  p = _run("make_tables.py", f"--sweep_dir={sweep_dir}", f"--out_dir={out}")
+  assert p.returncode == 0, p.stdout + p.stderr
+  [row] = list(csv.DictReader(open(out / "batch_size_table.csv")))
+  assert (row["batch_size"], row["method"], row["status"]) == ("32", "skipinit_a0", "ok")
+  assert float(row["best_lr"]) == 0.125 == float(row["best_lr_by_train_loss"])
+  assert float(row["largest_stable_lr"]) == 0.125 and row["lrs_diverged"] == "1"
+  assert 0.0 <= float(row["test_acc_mean"]) <= 100.0
+  per_run = csv.DictReader(open(out / "batch_size_table_runs.csv"))
+  runs = {r["run"].split(os.sep)[-1]: r for r in per_run}
+  assert runs[BIG]["state"] == "diverged" and runs["lr0.125"]["state"] == "completed"
+  assert (out / "fig_batch_size_lr.png").exists() and (out / "fig_batch_size_accuracy.pdf").exists()
+
+  p = _run("sweep.py", f"--sweep={SWEEP}", f"--sweep_dir={sweep_dir}")
+  assert p.returncode == 0 and "1 completed, 1 diverged" in p.stdout and "nothing to do" in p.stdout

@@ -1,0 +1,208 @@
+"""Tables from fixture run directories, checked against hand-computed values (PAPER.md 4-5)."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from skipinit.analysis import tables
+from skipinit.sweep import spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPS = os.path.join(REPO, "configs", "sweeps")
+BS_SWEEP = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-3:-1,batch_exps=6:7"
+DEPTH_SWEEP = (os.path.join(SWEEPS, "depth_table.py") +
+               ":epochs=1,seeds=2,lr_exps=-2:-1,depths=16;100,methods=batchnorm;skipinit_a0")
+
+
+def make_sweep_dir(path, sweep_spec, outcomes):
+  """A sweep directory as scripts/sweep.py + the trainer leave it.
+
+  outcomes: {run name: ("completed", test_acc, train_loss) | ("diverged",) | ("failed",) |
+  ("running",)}; runs not named are missing (never started).
+  """
+  sweep = spec.load_sweep(sweep_spec)
+  runs = spec.expand(sweep)
+  spec.write_manifest(str(path), spec.manifest(sweep, runs))
+  names = {r.name: r for r in runs}
+  for name, outcome in outcomes.items():
+    run = names[name]  # a KeyError here is a typo in the test
+    d = path / name
+    d.mkdir(parents=True)
+    config = {"model": {}, "data": {}, "train": {}}
+    for key, value in {**run.resolved, **run.overrides}.items():
+      section, field = key.split(".")
+      config[section][field] = value
+    (d / "config.json").write_text(json.dumps(config))
+    state = outcome[0]
+    status = {"status": state, "step": 10, "epoch": 1.0}
+    if state == "completed":
+      acc, loss = outcome[1], outcome[2]
+      status.update(train_loss=loss, train_acc=acc, test_loss=1.0, test_acc=acc)
+      (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 1.0, "train_loss": loss,
+                                                   "test_acc": acc}) + "\n")
+    elif state == "diverged":
+      status.update(diverged_step=3)
+    elif state == "failed":
+      status.update(error="RuntimeError: out of memory")
+    (d / "status.json").write_text(json.dumps(status))
+  return path
+
+
+def C(acc, loss=1.0):
+  return ("completed", acc, loss)
+
+
+D, F = ("diverged",), ("failed",)
+
+
+@pytest.fixture
+def bs_dir(tmp_path):
+  return make_sweep_dir(tmp_path / "bs", BS_SWEEP, {
+      # bs 64, BN: best acc at 0.25 (92.0 +- 1.41), best loss at 0.125 (0.31); 0.5 diverged (1 seed).
+      "batchnorm/bs64_lr0.125_seed0": C(0.90, 0.30), "batchnorm/bs64_lr0.125_seed1": C(0.92, 0.32),
+      "batchnorm/bs64_lr0.25_seed0": C(0.93, 0.40), "batchnorm/bs64_lr0.25_seed1": C(0.91, 0.42),
+      "batchnorm/bs64_lr0.5_seed0": D, "batchnorm/bs64_lr0.5_seed1": C(0.95, 0.10),
+      # bs 64, SkipInit: best acc at 0.25 (85.0 +- 0), best loss at 0.5 = top of the grid.
+      "skipinit_a0/bs64_lr0.125_seed0": C(0.80, 0.50), "skipinit_a0/bs64_lr0.125_seed1": C(0.84, 0.60),
+      "skipinit_a0/bs64_lr0.25_seed0": C(0.85, 0.45), "skipinit_a0/bs64_lr0.25_seed1": C(0.85, 0.47),
+      "skipinit_a0/bs64_lr0.5_seed0": C(0.86, 0.44), "skipinit_a0/bs64_lr0.5_seed1": C(0.82, 0.40),
+      # bs 128, BN: one run of lr 0.5 never started -> lr 0.5 is incomplete, not averaged.
+      "batchnorm/bs128_lr0.125_seed0": C(0.70, 1.0), "batchnorm/bs128_lr0.125_seed1": C(0.70, 1.0),
+      "batchnorm/bs128_lr0.25_seed0": C(0.75, 0.9), "batchnorm/bs128_lr0.25_seed1": C(0.77, 0.8),
+      "batchnorm/bs128_lr0.5_seed0": C(0.99, 0.01),
+      # bs 128, SkipInit: every learning rate diverged.
+      **{f"skipinit_a0/bs128_lr{lr}_seed{s}": D for lr in ("0.125", "0.25", "0.5") for s in (0, 1)},
+  })
+
+
+def _csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
+  out = tmp_path / "out"
+  written = tables.make_tables([str(bs_dir)], str(out))
+  rows = {(int(r["batch_size"]), r["method"]): r for r in _csv(out / "batch_size_table.csv")}
+
+  bn64 = rows[(64, "batchnorm")]
+  assert float(bn64["best_lr"]) == 0.25 and float(bn64["test_acc_mean"]) == pytest.approx(92.0)
+  assert float(bn64["test_acc_std"]) == pytest.approx(math.sqrt(2), abs=1e-4)
+  assert float(bn64["best_lr_by_train_loss"]) == 0.125
+  assert float(bn64["train_loss_at_best_lr_by_train_loss"]) == pytest.approx(0.31)
+  assert float(bn64["test_acc_at_best_lr_by_train_loss"]) == pytest.approx(91.0)
+  assert float(bn64["largest_stable_lr"]) == 0.25 and bn64["lrs_diverged"] == "1"
+  assert bn64["largest_stable_lr_is_grid_top"] == "False"
+
+  si64 = rows[(64, "skipinit_a0")]
+  assert float(si64["best_lr"]) == 0.25 and float(si64["test_acc_mean"]) == pytest.approx(85.0)
+  assert float(si64["test_acc_std"]) == pytest.approx(0.0)
+  assert float(si64["best_lr_by_train_loss"]) == 0.5
+  assert float(si64["train_loss_at_best_lr_by_train_loss"]) == pytest.approx(0.42)
+  assert float(si64["largest_stable_lr"]) == 0.5 and si64["largest_stable_lr_is_grid_top"] == "True"
+
+  bn128 = rows[(128, "batchnorm")]  # the 0.99 of the lone finished lr-0.5 seed is not used
+  assert float(bn128["best_lr"]) == 0.25 and float(bn128["test_acc_mean"]) == pytest.approx(76.0)
+  assert float(bn128["best_lr_by_train_loss"]) == 0.25
+  assert (bn128["runs_finished"], bn128["runs_expected"]) == ("5", "6")
+
+  si128 = rows[(128, "skipinit_a0")]
+  assert si128["status"] == "diverged" and si128["best_lr"] == "" and si128["largest_stable_lr"] == ""
+
+  md = (out / "batch_size_table.md").read_text()
+  assert "| 64 | BatchNorm | 0.25 | 92.00 ± 1.41 | 0.125* | 0.3100 | 91.00 ± 1.41 | 0.25 | 6/6 |" in md
+  assert "| 64 | SkipInit (α=0) | 0.25 | 85.00 ± 0.00 | 0.5* | 0.4200 | 84.00 ± 2.83 | ≥ 0.5 | 6/6 |" in md
+  assert "| 128 | SkipInit (α=0) | diverged | diverged |" in md
+  assert "| 5/6 † |" in md
+  assert "1 of 24 runs are not finished" in md
+  assert "missing: " + str(bs_dir / "batchnorm/bs128_lr0.5_seed1") in md
+  per_run = _csv(out / "batch_size_table_runs.csv")
+  assert len(per_run) == 24 and sum(r["state"] == "diverged" for r in per_run) == 7
+  for name in ("fig_batch_size_accuracy", "fig_batch_size_lr"):
+    for ext in ("png", "pdf"):
+      assert str(out / f"{name}.{ext}") in written and (out / f"{name}.{ext}").stat().st_size > 1000
+  assert "\\begin{tabular}" in (out / "batch_size_table.tex").read_text()
+
+
+@pytest.fixture
+def depth_dir(tmp_path):
+  return make_sweep_dir(tmp_path / "depth", DEPTH_SWEEP, {
+      "batchnorm/depth16_lr0.25_seed0": C(0.90), "batchnorm/depth16_lr0.25_seed1": C(0.80),
+      "batchnorm/depth16_lr0.5_seed0": C(0.95), "batchnorm/depth16_lr0.5_seed1": C(0.93),
+      **{f"batchnorm/depth100_lr{lr}_seed{s}": D for lr in ("0.25", "0.5") for s in (0, 1)},
+      "skipinit_a0/depth16_lr0.25_seed0": C(0.91), "skipinit_a0/depth16_lr0.25_seed1": C(0.93),
+      "skipinit_a0/depth16_lr0.5_seed0": F, "skipinit_a0/depth16_lr0.5_seed1": C(0.99),
+      "skipinit_a0/depth100_lr0.25_seed0": ("running",),
+  })
+
+
+def test_depth_table_mean_std_at_best_lr_diverged_and_unfinished(depth_dir, tmp_path):
+  [table] = tables.build_tables([str(depth_dir)])
+  assert table.header == ["Method", "WRN-16-2", "WRN-100-2"]
+  assert table.rows == [
+      ["BatchNorm", "94.00 ± 1.41 @ lr 0.5*", "diverged"],
+      ["SkipInit (α=0)", "92.00 ± 1.41 @ lr 0.25* †", "incomplete (0/4 runs)"],
+  ]
+  md = tables.to_markdown(table)
+  assert "5 of 16 runs are not finished** (1 failed, 1 running or interrupted, 3 missing)" in md
+  assert "failed: " + str(depth_dir / "skipinit_a0/depth16_lr0.5_seed0") in md
+  rec = {(r["method"], r["depth"]): r for r in table.records}
+  assert rec[("batchnorm", 100)]["status"] == "diverged"
+  assert rec[("batchnorm", 100)]["lrs_diverged"] == 2 and rec[("skipinit_a0", 16)]["n_seeds"] == 2
+  assert rec[("skipinit_a0", 100)]["status"] == "incomplete"
+  tex = tables.to_latex(table)
+  assert "SkipInit ($\\alpha$=0) & 92.00 $\\pm$ 1.41 @ lr 0.25* $^\\dagger$" in tex
+
+
+def test_ablation_table_takes_reference_rows_from_the_depth_sweep(depth_dir, tmp_path):
+  abl = make_sweep_dir(tmp_path / "abl", os.path.join(SWEEPS, "ablation_table.py") +
+                       ":epochs=1,seeds=1,lr_exps=-2,depths=16;100,methods=skipinit_a1;sqrt2_merge", {
+                           "skipinit_a1/depth16": C(0.9), "skipinit_a1/depth100": D,
+                           "sqrt2_merge/depth16": C(0.88), "sqrt2_merge/depth100": D})
+  built = {t.name: t for t in tables.build_tables([str(abl), str(depth_dir)])}
+  assert set(built) == {"ablation_table", "depth_table"}
+  rows = built["ablation_table"].rows
+  assert [r[0] for r in rows] == ["SkipInit (α=1)", "√2 merge", "BatchNorm", "SkipInit (α=0)"]
+  assert rows[0] == ["SkipInit (α=1)", "90.00 @ lr 0.25", "diverged"]
+  assert rows[2][2] == "diverged"
+
+
+def test_agc_and_imagenet_tables(tmp_path):
+  agc = make_sweep_dir(tmp_path / "agc", os.path.join(SWEEPS, "agc_batch_size.py") +
+                       ":epochs=1,lr_exps=-1:0,batch_exps=6,clips=0.01;0", {
+                           "nf/agc0.01_lr0.5": C(0.6), "nf/agc0.01_lr1": C(0.7),
+                           "nf/agc0_lr0.5": C(0.5), "nf/agc0_lr1": D})
+  [t] = tables.build_tables([str(agc)])
+  assert t.header == ["Batch", "no AGC", "λ=0.01"]
+  assert t.rows == [["64", "50.00 @ lr 0.5*", "70.00 @ lr 1*"]]
+  written = tables.make_tables([str(agc)], str(tmp_path / "out"))
+  assert str(tmp_path / "out" / "fig_agc_batch_size.png") in written
+
+  inet = make_sweep_dir(tmp_path / "inet", os.path.join(SWEEPS, "imagenet_table.py") +
+                        ":lr_exps=0,batch_sizes=256;1024,methods=batchnorm;skipinit_reg", {
+                            "batchnorm/bs256": C(0.761), "batchnorm/bs1024": C(0.765),
+                            "skipinit_reg/bs256": C(0.75), "skipinit_reg/bs1024": D})
+  [t] = tables.build_tables([str(inet)])
+  assert t.header == ["Method", "batch 256", "batch 1024"]
+  assert t.rows == [["BatchNorm", "76.10 @ lr 0.1", "76.50 @ lr 0.4"],
+                    ["Regularized SkipInit (biases + dropout)", "75.00 @ lr 0.1", "diverged"]]
+
+
+def test_make_tables_script(bs_dir, tmp_path):
+  script = os.path.join(REPO, "scripts", "make_tables.py")
+  p = subprocess.run([sys.executable, script, f"--sweep_dir={bs_dir}", f"--out_dir={tmp_path / 'o'}"],
+                     capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr
+  assert "batch_size_table: 23/24 runs finished" in p.stdout
+  assert {"batch_size_table.md", "batch_size_table.csv", "batch_size_table.tex",
+          "fig_batch_size_lr.pdf"} <= set(os.listdir(tmp_path / "o"))
+  p = subprocess.run([sys.executable, script, f"--sweep_dir={tmp_path}",
+                      f"--out_dir={tmp_path / 'o'}"], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 2 and p.stderr.strip() == (
+      f"error: {str(tmp_path)!r} is not a sweep directory: it has no sweep.json "
+      "(scripts/sweep.py writes one)")
