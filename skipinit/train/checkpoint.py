@@ -4,6 +4,7 @@ import os
 import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -26,22 +27,54 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.StandardSave(state))
 
   def restore(self, abstract_state):
-    """(state, step) of the newest readable checkpoint, or (None, 0) when there is none."""
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    """(state, step) of the newest readable checkpoint, or (None, 0) when there is none.
+
+    Multi-host: every process must restore the same step, so each choice is agreed on (one small
+    all-gather per attempt): the step tried, and whether it read back on every process.
+    """
+    steps = sorted(self.manager.all_steps())
+    while True:
+      step = steps.pop() if steps else -1
+      tried = _gather(step)
+      if len(set(tried)) > 1:  # e.g. a filesystem that shows a new directory late on some hosts
+        raise RuntimeError(f"the processes see different checkpoints in {self.directory} (newest: "
+                           f"{tried}): is it on a filesystem that every host shares?")
+      if step < 0:
+        return None, 0
+      error = None
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        return state, step
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        logging.error("checkpoint at step %d in %s is unreadable (%s: %s); trying an older one",
-                      step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        if jax.process_index() == 0:
-          shutil.move(os.path.join(self.directory, str(step)),
-                      os.path.join(self.directory, f"corrupt_{step}"))
-        self.manager.reload()
-    return None, 0
+        state, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      failed = [p for p, ok in enumerate(_gather(error is None)) if not ok]
+      if not failed:
+        return state, step
+      logging.error("checkpoint at step %d in %s is unreadable (%s); trying an older one", step,
+                    self.directory, error or f"on process(es) {failed}")
+      if jax.process_index() == 0:
+        shutil.move(os.path.join(self.directory, str(step)),
+                    os.path.join(self.directory, f"corrupt_{step}"))
+      # No process may list the directory again before it has moved (a stale list would make
+      # one process skip a later save of this step that the others make: a hang).
+      _barrier(f"skipinit_checkpoint_moved_{step}")
+      self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _gather(value: int) -> list[int]:
+  """`value` of every process, in process order (no communication in a one-process run)."""
+  if jax.process_count() == 1:
+    return [int(value)]
+  from jax.experimental import multihost_utils
+  return [int(v) for v in multihost_utils.process_allgather(np.int32(value))]
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

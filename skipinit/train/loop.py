@@ -48,6 +48,20 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _stop_everywhere(preempt) -> bool:
+  """Whether SIGTERM asks to stop here (a boundary, or before training): the same on every process.
+
+  SIGTERM may reach only some processes of a multi-host run, or reach them between different
+  boundaries. A process that stopped alone would wait forever in orbax's save (a collective) while
+  the others wait in the next step's collectives: so all stop as soon as any was asked to.
+  """
+  requested = bool(preempt.requested)
+  if jax.process_count() == 1:
+    return requested
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
+
+
 class DeviceData:
   """A data set held whole on the devices (CIFAR-10): k train steps per dispatch, augmented there."""
 
@@ -145,20 +159,24 @@ class StreamedData:
     self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, lambda x: x))
 
   def train(self, state, start: int, end: int):
+    from skipinit.data import imagenet
     for step in range(start, end):
       epoch, pos = divmod(step, self.steps_per_epoch)
       if self._iter is None or self._iter_step != step or pos == 0:
-        self._iter = iter(self.source.train_batches(epoch, start_step=pos))
-      batch = sharding.put_process_local(next(self._iter), self.mesh)
+        # Two batches in flight: their host-to-device copies overlap the running step.
+        self._iter = imagenet.device_prefetch(self.source.train_batches(epoch, start_step=pos),
+                                              sharding.batch_sharded(self.mesh), size=2)
+      batch = next(self._iter)
       state = self._step(state, batch["images"], batch["labels"])
       self._iter_step = step + 1
     return state
 
   def evaluate(self, state) -> dict:
+    from skipinit.data import imagenet
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     variables = state.variables()
-    for batch in self.source.eval_batches():
-      b = sharding.put_process_local(batch, self.mesh)
+    for b in imagenet.device_prefetch(self.source.eval_batches(), sharding.batch_sharded(self.mesh),
+                                      size=2):
       out = jax.device_get(self._eval(variables, b["images"], b["labels"], b["mask"]))
       totals = {k: totals[k] + float(out[k]) for k in totals}
     return totals
@@ -222,7 +240,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if existing and existing.get("status") in (COMPLETED, DIVERGED):
     logging.info("run in %s already ended (%s); not redone", workdir, existing["status"])
     return existing
+  # SIGTERM from here on means "stop at the next boundary (checkpointed), then exit": also while
+  # compiling and restoring, so that no process of a multi-host run dies alone while the others
+  # wait for it in a collective.
+  with _Preemption() as preempt:
+    return _train(config, workdir, mesh, preempt)
 
+
+def _train(config, workdir: str, mesh, preempt) -> dict:
   t = config.train
   exp = build_experiment(config, mesh)
   data, lr_fn, rep = exp.data, exp.lr_fn, sharding.replicated(mesh)
@@ -243,6 +268,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpts = _boundaries(total, t.checkpoint_every_epochs * spe) | {total}
   logs = _boundaries(total, t.log_every_steps)
   stops = sorted(s for s in evals | ckpts | logs if s > start)
+  if _stop_everywhere(preempt):  # SIGTERM while building or restoring: the checkpoint is the state
+    logging.warning("SIGTERM before training: stopped at step %d; re-run the command to resume",
+                    start)
+    return rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe,
+                               total_steps=total, preempted=True)
   rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe, total_steps=total)
   logging.info("training %s-%s %s for %d steps (%d per epoch) on %d devices, batch %d",
                config.model.name, config.model.depth, config.model.normalizer, total, spe,
@@ -257,44 +287,47 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step, window_start, window_step, run_start = start, time.time(), start, time.time()
   record = {}
   try:
-    with _Preemption() as preempt:
-      for stop in stops:
-        state = data.train(state, step, stop)
-        step = stop
-        bad = int(jax.device_get(state.first_bad_step))
-        if bad >= 0:
-          logging.warning("loss or gradient norm not finite at step %d: run diverged", bad)
-          return final(DIVERGED, step=bad, diverged_step=bad, epoch=bad / spe, total_steps=total)
-        if step in logs or step in evals:
-          sums = jax.device_get((state.loss_sum, state.correct_sum, state.count))
-          now = time.time()
-          rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
-          eta = (total - step) * t.batch_size / max(rate, 1e-9)
-          logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s ETA %s",
-                       step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
-                       100 * sums[1] / max(sums[2], 1), rate, _format_eta(eta))
-        if step in evals:
-          ev = data.evaluate(state)
-          record = {"step": step, "epoch": step / spe,
-                    "train_loss": float(sums[0] / max(sums[2], 1)),
-                    "train_acc": float(sums[1] / max(sums[2], 1)),
-                    "test_loss": float(ev["loss"] / ev["count"]),
-                    "test_acc": float(ev["correct"] / ev["count"]),
-                    "lr": float(lr_fn(step - 1)), "examples_per_sec": float(rate),
-                    "wall_time": time.time() - run_start}
-          log.write(record)
-          logging.info("eval at epoch %.2f: test loss %.4f, test accuracy %.2f%%",
-                       record["epoch"], record["test_loss"], 100 * record["test_acc"])
-          state = state.replace(**jax.device_put(steps.zero_metric_sums(), rep))
-        if step in logs or step in evals:
-          window_start, window_step = time.time(), step
-        if step in ckpts or preempt.requested:
-          ckpt.save(step, state)
-        if preempt.requested and step < total:
-          logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)
-          ckpt.wait()
-          return rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe,
-                                     total_steps=total, preempted=True)
+    for stop in stops:
+      state = data.train(state, step, stop)
+      step = stop
+      bad = int(jax.device_get(state.first_bad_step))
+      if bad >= 0:
+        logging.warning("loss or gradient norm not finite at step %d: run diverged", bad)
+        return final(DIVERGED, step=bad, diverged_step=bad, epoch=bad / spe, total_steps=total)
+      if step in logs or step in evals:
+        sums = jax.device_get((state.loss_sum, state.correct_sum, state.count))
+        now = time.time()
+        rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
+        eta = (total - step) * t.batch_size / max(rate, 1e-9)
+        logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s ETA %s",
+                     step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
+                     100 * sums[1] / max(sums[2], 1), rate, _format_eta(eta))
+      if step in evals:
+        ev = data.evaluate(state)
+        record = {"step": step, "epoch": step / spe,
+                  "train_loss": float(sums[0] / max(sums[2], 1)),
+                  "train_acc": float(sums[1] / max(sums[2], 1)),
+                  "test_loss": float(ev["loss"] / ev["count"]),
+                  "test_acc": float(ev["correct"] / ev["count"]),
+                  "lr": float(lr_fn(step - 1)), "examples_per_sec": float(rate),
+                  "wall_time": time.time() - run_start}
+        log.write(record)
+        logging.info("eval at epoch %.2f: test loss %.4f, test accuracy %.2f%%",
+                     record["epoch"], record["test_loss"], 100 * record["test_acc"])
+        # From numpy: in a multi-process run (jax 0.10) `jax.device_put` of a jax.Array onto a
+        # sharding that spans other processes makes an array that orbax cannot save.
+        state = state.replace(**jax.tree.map(lambda z: sharding.put_global(np.asarray(z), rep),
+                                             steps.zero_metric_sums()))
+      if step in logs or step in evals:
+        window_start, window_step = time.time(), step
+      stop_now = _stop_everywhere(preempt)
+      if step in ckpts or stop_now:
+        ckpt.save(step, state)
+      if stop_now and step < total:
+        logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)
+        ckpt.wait()
+        return rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe,
+                                   total_steps=total, preempted=True)
   except Exception as e:
     final(FAILED, step=step, epoch=step / spe, error=f"{type(e).__name__}: {e}"[:2000])
     raise

@@ -29,7 +29,11 @@ def maybe_initialize_distributed() -> None:
              or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ)
   if forced == "1" or several:
     if not jax.distributed.is_initialized():
-      jax.distributed.initialize()
+      # jax reads JAX_COORDINATOR_ADDRESS itself but not the process count and id (jax 0.10):
+      # pass those on, and leave them None (auto-detected) when a cluster launcher sets its own.
+      env_int = lambda name: int(os.environ[name]) if os.environ.get(name) else None
+      jax.distributed.initialize(num_processes=env_int("JAX_NUM_PROCESSES"),
+                                 process_id=env_int("JAX_PROCESS_ID"))
 
 
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:

@@ -91,8 +91,9 @@ def make_device_data_chunk(train_step, augment: Callable, base_key, batch_shardi
       x = augment(aug_rng, batch)
       return train_step(state, x, labels[idx_t], dropout_rng), None
 
-    # XLA:CPU runs convolution gradients inside a while loop ~100x slower: unroll there.
-    unroll = True if jax.default_backend() == "cpu" else 1
+    # XLA:CPU runs convolution gradients inside a while loop ~100x slower: unroll there. Not
+    # `unroll=True`: for a 1-step chunk that means unroll=1, which keeps the while loop.
+    unroll = max(2, idx.shape[0]) if jax.default_backend() == "cpu" else 1
     state, _ = jax.lax.scan(body, state, idx, unroll=unroll)
     return state
 
