@@ -60,9 +60,3 @@ def put_global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from a host array that every process holds whole (multi-host safe)."""
   array = np.asarray(array)
   return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
-
-
-def put_process_local(batch, mesh, batch_axis: int = 0):
-  """A global batch from each process's slice of it (streamed data such as ImageNet)."""
-  sharding = batch_sharded(mesh, batch_axis)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
