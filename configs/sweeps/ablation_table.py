@@ -19,7 +19,7 @@ preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=
 """
 
 from skipinit.sweep import methods as methods_lib
-from skipinit.sweep.spec import make_sweep, powers_of_two, sibling_config
+from skipinit.sweep.spec import depth_grid, make_sweep, sibling_config
 
 CONFIG = sibling_config(__file__, "cifar10_wrn.py")
 METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_reg")
@@ -30,15 +30,8 @@ def ablation_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple
                    dropout: float = methods_lib.DEFAULT_DROPOUT,
                    methods: tuple = METHODS) -> list[dict]:
   """Runs of the ablation table: depths x ablations x learning rates x seeds (PAPER.md section 5)."""
-  runs = []
-  for depth in depths:
-    for method, overrides in methods_lib.select(methods, dropout).items():
-      for lr in powers_of_two(lr_exps):
-        for seed in range(seeds):
-          runs.append({"method": method, **overrides, "model.depth": depth, "model.width": width,
-                       "train.batch_size": batch_size, "train.epochs": epochs, "train.lr": lr,
-                       "train.seed": seed})
-  return runs
+  return depth_grid(methods_lib.select(methods, dropout), depths=depths, width=width,
+                    batch_size=batch_size, epochs=epochs, lr_exps=lr_exps, seeds=seeds)
 
 
 def get_sweep(arg=None):

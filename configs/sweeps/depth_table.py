@@ -17,7 +17,7 @@ A cheap version of the same table:
 """
 
 from skipinit.sweep import methods as methods_lib
-from skipinit.sweep.spec import make_sweep, powers_of_two, sibling_config
+from skipinit.sweep.spec import depth_grid, make_sweep, sibling_config
 
 CONFIG = sibling_config(__file__, "cifar10_wrn.py")
 METHODS = ("batchnorm", "skipinit_a0", "skipinit_inv_sqrt_d", "fixup")
@@ -27,15 +27,8 @@ def depth_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple(ra
                 depths: tuple = (16, 100, 1000), width: int = 2, batch_size: int = 64,
                 methods: tuple = METHODS) -> list[dict]:
   """Runs of the depth table: depths x methods x learning rates x seeds (PAPER.md section 4)."""
-  runs = []
-  for depth in depths:
-    for method, overrides in methods_lib.select(methods).items():
-      for lr in powers_of_two(lr_exps):
-        for seed in range(seeds):
-          runs.append({"method": method, **overrides, "model.depth": depth, "model.width": width,
-                       "train.batch_size": batch_size, "train.epochs": epochs, "train.lr": lr,
-                       "train.seed": seed})
-  return runs
+  return depth_grid(methods_lib.select(methods), depths=depths, width=width,
+                    batch_size=batch_size, epochs=epochs, lr_exps=lr_exps, seeds=seeds)
 
 
 def get_sweep(arg=None):

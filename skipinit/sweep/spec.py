@@ -65,6 +65,20 @@ def powers_of_two(exponents: Sequence[int]) -> list[float]:
   return [2.0 ** int(e) for e in exponents]
 
 
+def depth_grid(methods: dict, *, depths, width: int, batch_size: int, epochs: float, lr_exps,
+               seeds: int) -> list[dict]:
+  """WRN runs: depths x methods x powers-of-2 learning rates x seeds (the depth and ablation tables)."""
+  runs = []
+  for depth in depths:
+    for method, overrides in methods.items():
+      for lr in powers_of_two(lr_exps):
+        for seed in range(seeds):
+          runs.append({"method": method, **overrides, "model.depth": depth, "model.width": width,
+                       "train.batch_size": batch_size, "train.epochs": epochs, "train.lr": lr,
+                       "train.seed": seed})
+  return runs
+
+
 def sibling_config(sweep_file: str, name: str) -> str:
   """Absolute path of configs/<name> seen from a file in configs/sweeps/."""
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sweep_file))), name)
