@@ -9,7 +9,6 @@ import statistics
 import time
 
 import jax
-import numpy as np
 
 from skipinit import config as cfg_lib
 from skipinit import models
