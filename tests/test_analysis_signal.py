@@ -90,7 +90,9 @@ def test_fc_without_normalization_doubles_per_block_past_float32(images):
 
 def test_fc_skipinit_alpha0_is_flat(images):
   s = signal.fc_block_variances(images, 150, width=128, normalizer="none", alpha=0.0)
-  np.testing.assert_allclose(s["skip_var"], s["skip_var"][0], rtol=1e-5)
+  # Flat up to float32 rounding of the per-block rescaling (150 blocks x ~1e-7 each), where
+  # alpha=1 would grow it 2x per block.
+  np.testing.assert_allclose(s["skip_var"], s["skip_var"][0], rtol=1e-4)
   assert np.all(s["branch_var"] == 0) and s["branch_raw_var"].min() > 0.5
 
 

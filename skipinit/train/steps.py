@@ -61,7 +61,7 @@ def make_train_step(model, tx, num_classes: int, label_smoothing: float = 0.0) -
     (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
