@@ -1,11 +1,15 @@
 r"""Benchmarks the real train step: compile time, img/s, TFLOP/s, peak memory (issue 6).
 
   python scripts/benchmark.py                      # the default list for this backend
+  python scripts/benchmark.py --rows=@variants --profile --tag=variants
   python scripts/benchmark.py --rows=16-4:batchnorm:512:bfloat16,100-2:skipinit:128:bfloat16
   python scripts/benchmark.py --compile_only --rows=100-2:batchnorm:128:float32,1000-2:batchnorm:128:float32
 
-Each row is ARCH:NORMALIZER:BATCH:DTYPE for a Wide-ResNet. Prints a Markdown table and writes
-results/benchmark_<device>.{json,md} with the command and the date.
+Each row is ARCH:NORMALIZER:BATCH:DTYPE[:OVERRIDES]: ARCH is a Wide-ResNet N-K (CIFAR-10) or rD
+(ResNet-D-V2, ImageNet at 224); OVERRIDES are config keys joined by '+' (scan_unroll=4+remat=true).
+`@name` expands a named list (ROW_SETS below). Prints a Markdown table, the top kernels of each
+profiled row and issue 6's targets, and writes results/benchmark_<device>[_<tag>].{json,md} with
+the command and the date after every row, so an interrupted run keeps what it measured.
 """
 
 import dataclasses
@@ -13,56 +17,126 @@ import datetime
 import json
 import os
 import sys
+import traceback
 
 from absl import app, flags
 
+from skipinit import ConfigError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORMALIZERS = ("batchnorm", "skipinit", "fixup", "nf")
-GPU_ROWS = ([f"16-4:{n}:{b}:bfloat16" for b in (64, 128, 512, 1024) for n in NORMALIZERS] +
+ROW_SETS = {
+    # Issue 6's table, every normalizer, bfloat16.
+    "gpu": ([f"16-4:{n}:{b}:bfloat16" for b in (64, 128, 512, 1024) for n in NORMALIZERS] +
             [f"28-10:{n}:512:bfloat16" for n in NORMALIZERS] +
             [f"100-2:{n}:128:bfloat16" for n in NORMALIZERS] +
-            [f"1000-2:{n}:128:bfloat16" for n in NORMALIZERS])
-CPU_ROWS = ["16-1:batchnorm:64:float32", "16-1:skipinit:64:float32"]
+            [f"1000-2:{n}:128:bfloat16" for n in NORMALIZERS]),
+    # What the scan costs and buys on a GPU: blocks per loop iteration (16 = the stage unrolled,
+    # the plain-Flax layout), steps per dispatch, and remat.
+    "variants": ([f"100-2:{n}:128:bfloat16:scan_unroll={u}" for n in ("batchnorm", "skipinit")
+                  for u in (2, 4, 16)] +
+                 [f"1000-2:batchnorm:128:bfloat16:scan_unroll={u}" for u in (2, 8)] +
+                 ["16-4:batchnorm:64:bfloat16:steps_per_dispatch=1",
+                  "16-4:batchnorm:64:bfloat16:steps_per_dispatch=32",
+                  "100-2:batchnorm:128:bfloat16:remat=true"]),
+    # Issue 5: the ImageNet models' train step on a device batch.
+    "imagenet": [f"r50:{n}:256:bfloat16" for n in ("batchnorm", "skipinit")] +
+                ["r101:batchnorm:256:bfloat16"],
+    "cpu": ["16-1:batchnorm:64:float32", "16-1:skipinit:64:float32"],
+}
 
-_ROWS = flags.DEFINE_list("rows", None, "ARCH:NORMALIZER:BATCH:DTYPE rows (default: per backend).")
-_K = flags.DEFINE_integer("steps_per_dispatch", 8, "Train steps fused into one dispatch.")
-_DISPATCHES = flags.DEFINE_integer("dispatches", 10, "Timed dispatches per row (median).")
+_ROWS = flags.DEFINE_list("rows", None, "Rows or @sets (default: @gpu, or @cpu on a CPU).")
+_K = flags.DEFINE_integer("steps_per_dispatch", 8, "Train steps fused into one dispatch (WRN).")
+_DISPATCHES = flags.DEFINE_integer("dispatches", 20, "At most this many timed dispatches per row.")
+_MIN_TIME = flags.DEFINE_float("min_time_s", 3.0, "Time each row for about this long (median).")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "Only compile (for very deep nets on CPU).")
-_EXTRA = flags.DEFINE_string("extra", "", "Extra config overrides, e.g. scan_unroll=1,remat=true.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Trace two dispatches per row and summarize kernels.")
+_EXTRA = flags.DEFINE_string("extra", "", "Config overrides for every row, e.g. scan_unroll=1.")
+_TAG = flags.DEFINE_string("tag", "", "Suffix of the output files (benchmark_<device>_<tag>).")
 _OUT = flags.DEFINE_string("out_dir", os.path.join(ROOT, "results"), "Where the JSON/Markdown go.")
+
+
+def expand_rows(specs) -> list[str]:
+  rows = []
+  for spec in specs:
+    if spec.startswith("@"):
+      if spec[1:] not in ROW_SETS:
+        raise ConfigError(f"unknown row set {spec}; choose from "
+                          f"{', '.join('@' + k for k in ROW_SETS)}")
+      rows += ROW_SETS[spec[1:]]
+    else:
+      rows.append(spec)
+  return rows
 
 
 def main(argv):
   del argv
   import jax
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import cifar10_wrn
   from skipinit.train import benchmark
 
-  rows = _ROWS.value or (CPU_ROWS if jax.default_backend() == "cpu" else GPU_ROWS)
-  results = []
-  for row in rows:
-    arch, normalizer, batch, dtype = row.split(":")
-    r = benchmark.bench_one(cifar10_wrn.get_config, arch, normalizer, int(batch), dtype,
-                            steps_per_dispatch=_K.value, dispatches=_DISPATCHES.value,
-                            compile_only=_COMPILE_ONLY.value, extra=_EXTRA.value)
-    results.append(r)
-    print(benchmark.format_table([r]).splitlines()[-1], flush=True)
-  table = benchmark.format_table(results)
-  device = jax.devices()[0].device_kind.replace(" ", "_").lower()
+  specs = _ROWS.value or (["@cpu"] if jax.default_backend() == "cpu" else ["@gpu"])
+  try:
+    rows = [benchmark.parse_row(r) for r in expand_rows(specs)]
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  device = jax.devices()[0].device_kind
+  name = "benchmark_" + device.replace(" ", "_").lower() + (f"_{_TAG.value}" if _TAG.value else "")
+  name += "_compile" if _COMPILE_ONLY.value else ""
   command = "python " + " ".join(sys.argv)
   stamp = datetime.date.today().isoformat()
   os.makedirs(_OUT.value, exist_ok=True)
-  suffix = "_compile" if _COMPILE_ONLY.value else ""
-  with open(os.path.join(_OUT.value, f"benchmark_{device}{suffix}.json"), "w") as f:
-    json.dump({"command": command, "date": stamp, "jax": jax.__version__,
-               "devices": len(jax.devices()), "results": [dataclasses.asdict(r) for r in results]},
-              f, indent=2)
-  with open(os.path.join(_OUT.value, f"benchmark_{device}{suffix}.md"), "w") as f:
-    f.write(f"# Train-step benchmark on {jax.devices()[0].device_kind}\n\n"
-            f"Command: `{command}`  \nDate: {stamp}, jax {jax.__version__}, "
-            f"{len(jax.devices())} device(s).\n\n{table}\n")
-  print(table)
+  print(f"{len(rows)} rows on {len(jax.devices())} x {device}, jax {jax.__version__}", flush=True)
+
+  results = []
+  for row in rows:
+    try:
+      r = benchmark.bench_row(row, steps_per_dispatch=_K.value, max_dispatches=_DISPATCHES.value,
+                              min_time_s=_MIN_TIME.value, compile_only=_COMPILE_ONLY.value,
+                              profile=_PROFILE.value, extra=_EXTRA.value)
+    except Exception as e:  # one row's failure (out of memory, say) must not lose the others
+      if not isinstance(e, ConfigError):
+        traceback.print_exc()
+      r = benchmark.BenchResult(
+          model=row.model, normalizer=row.normalizer, batch_size=row.batch_size, dtype=row.dtype,
+          overrides=row.overrides, steps_per_dispatch=_K.value, compile_s=None,
+          examples_per_sec=None, step_ms=None, tflops=None, train_gflops_per_example=None,
+          peak_memory_gb=None, device=device, error=f"{type(e).__name__}: {e}".splitlines()[0])
+    results.append(r)
+    print(benchmark.format_table([r]).splitlines()[-1], flush=True)
+    jax.clear_caches()  # compiled programs of earlier rows hold device memory
+    _write(os.path.join(_OUT.value, name), results, command, stamp, device, jax)
+
+  print("\n" + benchmark.format_table(results))
+  profiles = benchmark.format_profiles(results)
+  if profiles:
+    print("\n" + profiles)
+  targets = benchmark.check_targets(results)
+  if targets:
+    print("\nIssue 6 targets (reference: plain Flax on one H100):\n" + "\n".join(targets))
+
+
+def _write(base: str, results, command: str, stamp: str, device: str, jax) -> None:
+  from skipinit.train import benchmark
+  meta = {"command": command, "date": stamp, "jax": jax.__version__, "device": device,
+          "devices": len(jax.devices()), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  with open(base + ".json.tmp", "w") as f:
+    json.dump({**meta, "results": [dataclasses.asdict(r) for r in results]}, f, indent=2)
+  os.replace(base + ".json.tmp", base + ".json")
+  text = (f"# Train-step benchmark on {device}\n\nCommand: `{command}`  \n"
+          f"Date: {stamp}, jax {jax.__version__}, {len(jax.devices())} device(s)"
+          + (f", XLA_FLAGS=`{meta['xla_flags']}`" if meta["xla_flags"] else "") + ".\n\n"
+          + benchmark.format_table(results) + "\n")
+  profiles = benchmark.format_profiles(results)
+  if profiles:
+    text += "\n## Device trace per step (jax.profiler)\n\n" + profiles + "\n"
+  targets = benchmark.check_targets(results)
+  if targets:
+    text += ("\n## Issue 6 targets (reference: plain Flax on one H100)\n\n"
+             + "\n".join(f"- {t}" for t in targets) + "\n")
+  with open(base + ".md.tmp", "w") as f:
+    f.write(text)
+  os.replace(base + ".md.tmp", base + ".md")
 
 
 if __name__ == "__main__":

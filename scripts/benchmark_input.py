@@ -37,13 +37,9 @@ HOST_NORMALIZE = flags.DEFINE_bool("normalize_on_host", True, "False: uint8 batc
 
 
 def _config(backend: str):
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "imagenet_resnet.py")
-  spec = importlib.util.spec_from_file_location("imagenet_resnet", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(
+  from skipinit import config as cfg_lib
+  return cfg_lib.load_config_file(
+      "imagenet_resnet",
       f"source={SOURCE.value},path={FOLDER.value},data_dir={DATA_DIR.value},backend={backend},"
       f"batch_size={BATCH_SIZE.value},eval_batch_size={BATCH_SIZE.value},"
       f"image_size={IMAGE_SIZE.value},num_workers={WORKERS.value},dtype={DTYPE.value},"

@@ -7,7 +7,9 @@ the type of the default, and the config is locked so a misspelt key fails loudly
 """
 
 import difflib
+import importlib.util
 import json
+import os
 import re
 from typing import Callable, Mapping
 
@@ -16,6 +18,8 @@ from ml_collections import config_dict
 
 from skipinit.errors import ConfigError
 
+# The repository's configs/ folder (configs are files, not part of the installed package).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 SCHEDULES = ("paper_halving", "cosine", "constant", "step")
 OPTIMIZERS = ("sgd",)
 DATA_SOURCES = ("tfds", "folder", "synthetic")
@@ -192,3 +196,21 @@ def to_json(config) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
+
+
+def import_file(path: str):
+  """Imports a Python file (a config or sweep file) as a module of its own."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  name = "_skipinit_" + re.sub(r"\W", "_", os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(name_or_path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file: a path, or a name in configs/ ("cifar10_wrn")."""
+  path = name_or_path if name_or_path.endswith(".py") else os.path.join(CONFIG_DIR,
+                                                                         f"{name_or_path}.py")
+  return import_file(path).get_config(arg)

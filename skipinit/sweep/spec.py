@@ -16,7 +16,6 @@ a different run list is refused rather than silently mixing budgets.
 """
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import os
@@ -167,11 +166,7 @@ def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str
 def _load_module(path: str, what: str):
   if not os.path.isfile(path):
     raise SweepError(f"{what} {path!r} does not exist")
-  module_name = "_skipinit_" + re.sub(r"\W", "_", os.path.abspath(path))
-  spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return cfg_lib.import_file(path)
 
 
 def split_spec(spec: str) -> tuple[str, str]:

@@ -121,6 +121,10 @@ class DeviceData:
     idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
     return self.images, self.labels, idx
 
+  def benchmark_dispatch(self, k: int):
+    """(jitted fn, its data arguments, examples per call) of one k-step dispatch (benchmarks)."""
+    return self._chunk, self.chunk_args(0, k), k * self.batch_size
+
   def train(self, state, start: int, end: int):
     """Runs steps [start, end), cutting dispatches at epoch ends and every k steps."""
     step = start
@@ -157,6 +161,14 @@ class StreamedData:
 
     self._step = jax.jit(one_step, donate_argnums=0)
     self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, lambda x: x))
+
+  def benchmark_dispatch(self, k: int):
+    """(jitted fn, a device batch, examples per call) of one train step: input excluded."""
+    del k  # one step per dispatch
+    from skipinit.data import imagenet
+    batch = next(imagenet.device_prefetch(self.source.train_batches(0),
+                                          sharding.batch_sharded(self.mesh), size=1))
+    return self._step, (batch["images"], batch["labels"]), self.batch_size
 
   def train(self, state, start: int, end: int):
     from skipinit.data import imagenet
