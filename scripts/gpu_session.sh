@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Every GPU measurement the open issues ask for (6: benchmark; 3: WRN-16-4 run; 5: ResNet-50 step;
+# 8: batch-size sweep), in parts that each fit one 10-minute command of a lent GPU machine.
+#
+# Here (with network), once:   bash scripts/gpu_session.sh prepare
+#   fetches the pure-Python wheels the GPU image lacks (ml_collections, tensorboardX) into .whl/ and
+#   copies the CIFAR-10 tarball into .device/ (both git-ignored; name them in the call's carry).
+# There, from the repository root, one part per call (most important first; minutes on an H100
+# are estimates until measured):
+#   bash scripts/gpu_session.sh bench      # issue 6 table, every normalizer, with profiles (~7)
+#   bash scripts/gpu_session.sh train      # WRN-16-4 BN and SkipInit, batch 256, 15 epochs (~3)
+#   bash scripts/gpu_session.sh variants   # scan unroll / k / remat / XLA command buffers (~5)
+#   bash scripts/gpu_session.sh imagenet   # ResNet-50/101-V2 train step, batch 256 (~2)
+#   bash scripts/gpu_session.sh sweep      # WRN-16-4 batch-size sweep, reduced budget (~9)
+# Results go to $OUT/<part>/ (at most 8 files each: the device tool's limit); copy them into
+# results/ with the command and the GPU name. Every part bounds itself with `timeout`, and the
+# benchmark rewrites its files after every row, so a part cut short keeps what it measured.
+# Without $OUT (a GPU machine of your own) results go to results/gpu_session/. DRY_RUN=1 runs
+# every part at toy sizes (CPU, minutes): a check of the script itself before a lease.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep"}
+OUT=${OUT:-results/gpu_session}
+CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
+mkdir -p "$OUT/$part"
+dest="$OUT/$part"
+BENCH_ROWS=@gpu VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
+CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:skipinit:128:bfloat16
+TRAIN="16-4,batch_size=256,epochs=15" SWEEP="epochs=3,lr_exps=-3:0,batch_exps=6:10"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  BENCH_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8 VARIANT_ROWS=10-1:skipinit:16:float32:scan_unroll=2
+  CMDBUF_ROWS=10-1:skipinit:16:float32 IMAGENET_ROWS=r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8
+  TRAIN="10-1,batch_size=256,epochs=0.02,eval_batch_size=2000" SWEEP="epochs=0.01,lr_exps=-2:-1,batch_exps=6:7,depth=10,width=1"
+fi
+
+setup() {
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
+  fi
+  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
+  python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+'optax', optax.__version__, jax.devices())" || exit 1
+}
+
+# Runs a training config in a scratch dir and keeps its status, metrics and log in $dest.
+train() {
+  local name=$1 arg=$2
+  local workdir=/tmp/gpu_session/$name
+  timeout "${3:-280}" python3 scripts/train.py --config="configs/cifar10_wrn.py:$arg" \
+    --workdir="$workdir" 2>&1 | tee "$dest/$name.log" | grep -E "epoch|error|final" || true
+  cp "$workdir/status.json" "$dest/${name}_status.json" 2>/dev/null
+  cp "$workdir/metrics.jsonl" "$dest/${name}_metrics.jsonl" 2>/dev/null
+}
+
+case $part in
+  prepare)
+    mkdir -p .whl .device
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_17_x86_64 --platform any -d .whl \
+      ml_collections==1.1.0 tensorboardX==2.6.5
+    [ -f "$CIFAR" ] || cp ../shared/data/cifar10-jpeg.tar.gz "$CIFAR"
+    rmdir "$OUT/$part" 2>/dev/null
+    echo "carry: [\".whl\", \".device\"]  ($(du -shc .whl .device | tail -1 | cut -f1) in all; the limit is 64 MiB)"
+    ;;
+  bench)
+    setup
+    timeout 540 python3 scripts/benchmark.py --rows=$BENCH_ROWS --profile --out_dir="$dest" \
+      2>&1 | tee "$dest/bench.log" | grep -v "^I[0-9]"
+    ;;
+  variants)
+    setup
+    timeout 300 python3 scripts/benchmark.py --rows=$VARIANT_ROWS --profile --tag=variants \
+      --out_dir="$dest" 2>&1 | tee "$dest/variants.log" | grep -v "^I[0-9]"
+    # CUDA graphs around whole while loops, so a scanned stage is one launch: a flag of this
+    # XLA; an unknown flag stops the process, which is why it runs in its own.
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 200 \
+      python3 scripts/benchmark.py --tag=cmdbuf --profile --out_dir="$dest" \
+      --rows=$CMDBUF_ROWS \
+      2>&1 | tee "$dest/cmdbuf.log" | grep -v "^I[0-9]"
+    ;;
+  imagenet)
+    setup
+    timeout 400 python3 scripts/benchmark.py --rows=$IMAGENET_ROWS --profile --tag=imagenet \
+      --out_dir="$dest" 2>&1 | tee "$dest/imagenet.log" | grep -v "^I[0-9]"
+    ;;
+  train)
+    setup
+    [ -f "$CIFAR" ] || { echo "error: $CIFAR is missing: run 'prepare' here and carry .device"; exit 2; }
+    common="$TRAIN,source=folder,path=$CIFAR,cache_dir=/tmp/gpu_session/cache"
+    common+=",schedule=cosine,warmup_epochs=1,nesterov=true,dtype=bfloat16,log_every_steps=196"
+    train wrn16-4_bn_b256_e15 "$common,lr=0.2" 280
+    train wrn16-4_skipinit_b256_e15 "$common,normalizer=skipinit,lr=0.1" 280
+    ;;
+  sweep)
+    setup
+    [ -f "$CIFAR" ] || { echo "error: $CIFAR is missing: run 'prepare' here and carry .device"; exit 2; }
+    # 4 runs share the GPU (each process allocates on demand); a re-run resumes the grid.
+    timeout 480 python3 scripts/sweep.py --executor=gpus --gpus=0,0,0,0 \
+      --sweep="configs/sweeps/batch_size.py:$SWEEP,seeds=1,data.source=folder,data.path=$PWD/$CIFAR,data.cache_dir=/tmp/gpu_session/cache,model.dtype=bfloat16" \
+      --sweep_dir=/tmp/gpu_session/sweep 2>&1 | tee "$dest/sweep.log" | grep -E "\] gpu|error" || true
+    python3 scripts/make_tables.py --sweep_dir=/tmp/gpu_session/sweep --out_dir=/tmp/gpu_session/tables
+    cp /tmp/gpu_session/tables/*.md /tmp/gpu_session/tables/*.csv /tmp/gpu_session/tables/*.png "$dest/" 2>/dev/null
+    ls "$dest"
+    ;;
+  *)
+    echo "error: unknown part '$part': prepare|bench|train|variants|imagenet|sweep" >&2; exit 2 ;;
+esac
