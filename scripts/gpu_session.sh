@@ -22,7 +22,6 @@ cd "$(dirname "$0")/.."
 part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep"}
 OUT=${OUT:-results/gpu_session}
 CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
-mkdir -p "$OUT/$part"
 dest="$OUT/$part"
 BENCH_ROWS=@gpu VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
 CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:skipinit:128:bfloat16
@@ -34,6 +33,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 fi
 
 setup() {
+  mkdir -p "$dest"
   if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl || exit 1
@@ -61,7 +61,6 @@ case $part in
       --implementation cp --platform manylinux_2_17_x86_64 --platform any -d .whl \
       ml_collections==1.1.0 tensorboardX==2.6.5
     [ -f "$CIFAR" ] || cp ../shared/data/cifar10-jpeg.tar.gz "$CIFAR"
-    rmdir "$OUT/$part" 2>/dev/null
     echo "carry: [\".whl\", \".device\"]  ($(du -shc .whl .device | tail -1 | cut -f1) in all; the limit is 64 MiB)"
     ;;
   bench)
