@@ -12,6 +12,7 @@
 #   bash scripts/gpu_session.sh variants   # scan unroll / k / remat / XLA command buffers (~5)
 #   bash scripts/gpu_session.sh imagenet   # ResNet-50/101-V2 train step, batch 256 (~2)
 #   bash scripts/gpu_session.sh sweep      # WRN-16-4 batch-size sweep, reduced budget (~9)
+#   bash scripts/gpu_session.sh torch      # the PyTorch WRN reference on the same GPU (~4)
 # Results go to $OUT/<part>/ (at most 8 files each: the device tool's limit); copy them into
 # results/ with the command and the GPU name. Every part bounds itself with `timeout`, and the
 # benchmark rewrites its files after every row, so a part cut short keeps what it measured.
@@ -19,16 +20,17 @@
 # every part at toy sizes (CPU, minutes): a check of the script itself before a lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep"}
+part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep|torch"}
 OUT=${OUT:-results/gpu_session}
 CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
 dest="$OUT/$part"
 BENCH_ROWS=@gpu VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
 CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:skipinit:128:bfloat16
-TRAIN="16-4,batch_size=256,epochs=15" SWEEP="epochs=3,lr_exps=-3:0,batch_exps=6:10"
+TRAIN="16-4,batch_size=256,epochs=15" SWEEP="epochs=3,lr_exps=-3:0,batch_exps=6:10" TORCH_ROWS=""
 if [ "${DRY_RUN:-0}" = 1 ]; then
   BENCH_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8 VARIANT_ROWS=10-1:skipinit:16:float32:scan_unroll=2
   CMDBUF_ROWS=10-1:skipinit:16:float32 IMAGENET_ROWS=r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8
+  TORCH_ROWS="--rows=10-1:8 --min_time_s=0.1"
   TRAIN="10-1,batch_size=256,epochs=0.02,eval_batch_size=2000" SWEEP="epochs=0.01,lr_exps=-2:-1,batch_exps=6:7,depth=10,width=1"
 fi
 
@@ -103,6 +105,12 @@ case $part in
     cp /tmp/gpu_session/tables/*.md /tmp/gpu_session/tables/*.csv /tmp/gpu_session/tables/*.png "$dest/" 2>/dev/null
     ls "$dest"
     ;;
+  torch)
+    setup
+    timeout 500 python3 scripts/benchmark_torch.py $TORCH_ROWS --out_dir="$dest" 2>&1 \
+      | tee "$dest/torch.log" | grep "^|\|error"
+    ;;
   *)
-    echo "error: unknown part '$part': prepare|bench|train|variants|imagenet|sweep" >&2; exit 2 ;;
+    echo "error: unknown part '$part': prepare|bench|train|variants|imagenet|sweep|torch" >&2
+    exit 2 ;;
 esac
