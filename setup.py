@@ -22,7 +22,7 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist"],
+        "test": ["pytest>=7", "pytest-xdist", "submitit"],  # submitit: the SLURM executor test
         "imagenet": ["tensorflow-cpu", "tensorflow-datasets", "importlib_resources"],
         "slurm": ["submitit"],
     },
