@@ -5,34 +5,40 @@
 # Here (with network), once:   bash scripts/gpu_session.sh prepare
 #   fetches the pure-Python wheels the GPU image lacks (ml_collections, tensorboardX) into .whl/ and
 #   copies the CIFAR-10 tarball into .device/ (both git-ignored; name them in the call's carry).
-# There, from the repository root, one part per call (most important first; minutes on an H100
-# are estimates until measured):
-#   bash scripts/gpu_session.sh bench      # issue 6 table, every normalizer, with profiles (~7)
-#   bash scripts/gpu_session.sh train      # WRN-16-4 BN and SkipInit, batch 256, 15 epochs (~3)
-#   bash scripts/gpu_session.sh variants   # scan unroll / k / remat / XLA command buffers (~5)
-#   bash scripts/gpu_session.sh imagenet   # ResNet-50/101-V2 train step, batch 256 (~2)
-#   bash scripts/gpu_session.sh sweep      # WRN-16-4 batch-size sweep, reduced budget (~9)
-#   bash scripts/gpu_session.sh torch      # the PyTorch WRN reference on the same GPU (~4)
+# There, from the repository root, one part per call, most important first (minutes are the
+# parts' own time limits; a 30-minute lease holds about three of them):
+#   bash scripts/gpu_session.sh bench      # issue 6: WRN-1000-2/100-2 and WRN-16-4 rows (<= 9.5)
+#   bash scripts/gpu_session.sh train      # WRN-16-4 BN and SkipInit, batch 256, 15 epochs (<= 9.5)
+#   bash scripts/gpu_session.sh variants   # WRN-28-10 rows, scan unroll / k / remat, CUDA graphs (<= 9.5)
+#   bash scripts/gpu_session.sh imagenet   # ResNet-50/101-V2 train step, batch 256 (<= 7)
+#   bash scripts/gpu_session.sh sweep      # WRN-16-4 batch-size sweep, reduced budget (<= 9.5;
+#                                          #   run it again to finish the grid: runs resume)
+#   bash scripts/gpu_session.sh torch      # the PyTorch WRN reference on the same GPU (<= 8.5)
 # Results go to $OUT/<part>/ (at most 8 files each: the device tool's limit); copy them into
-# results/ with the command and the GPU name. Every part bounds itself with `timeout`, and the
-# benchmark rewrites its files after every row, so a part cut short keeps what it measured.
+# results/ with the command and the GPU name. The benchmark rewrites its files after every row,
+# so a part cut short by its limit keeps what it measured.
 # Without $OUT (a GPU machine of your own) results go to results/gpu_session/. DRY_RUN=1 runs
-# every part at toy sizes (CPU, minutes): a check of the script itself before a lease.
+# every part at toy sizes (CPU, minutes), in a scratch folder of its own: a check of the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep|torch"}
 OUT=${OUT:-results/gpu_session}
 CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
 dest="$OUT/$part"
-BENCH_ROWS=@gpu VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
-CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:skipinit:128:bfloat16
+BENCH_ROWS=@deep,@wrn16 WIDE_ROWS=@wide VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
+CMDBUF_ROWS=1000-2:batchnorm:128:bfloat16,100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16
 TRAIN="16-4,batch_size=256,epochs=15" SWEEP="epochs=3,lr_exps=-3:0,batch_exps=6:10" TORCH_ROWS=""
+SCRATCH=/tmp/gpu_session
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  BENCH_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8 VARIANT_ROWS=10-1:skipinit:16:float32:scan_unroll=2
-  CMDBUF_ROWS=10-1:skipinit:16:float32 IMAGENET_ROWS=r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8
+  BENCH_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8 WIDE_ROWS=10-2:skipinit:16:float32
+  VARIANT_ROWS=10-1:skipinit:16:float32:scan_unroll=2 CMDBUF_ROWS=10-1:skipinit:16:float32
+  IMAGENET_ROWS=r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8
   TORCH_ROWS="--rows=10-1:8 --min_time_s=0.1"
-  TRAIN="10-1,batch_size=256,epochs=0.02,eval_batch_size=2000" SWEEP="epochs=0.01,lr_exps=-2:-1,batch_exps=6:7,depth=10,width=1"
+  TRAIN="10-1,batch_size=256,epochs=0.02,eval_batch_size=2000"
+  SWEEP="epochs=0.01,lr_exps=-2:-1,batch_exps=6:7,depth=10,width=1"
+  SCRATCH=/tmp/gpu_session_dry
 fi
+SHOW="^\||error|exception|traceback|MISS|met |targets"  # what the console shows of a log
 
 setup() {
   mkdir -p "$dest"
@@ -46,12 +52,26 @@ setup() {
 'optax', optax.__version__, jax.devices())" || exit 1
 }
 
-# Runs a training config in a scratch dir and keeps its status, metrics and log in $dest.
+# benchmark SECONDS TAG ARGS...: scripts/benchmark.py with --profile into $dest, bounded.
+benchmark() {
+  local seconds=$1 tag=$2
+  shift 2
+  timeout -k 10 "$seconds" python3 scripts/benchmark.py --profile --min_time_s=1.5 \
+    --out_dir="$dest" ${tag:+--tag=$tag} "$@" 2>&1 | tee -a "$dest/$part.log" \
+    | grep -iE "$SHOW"
+}
+
+# train NAME ARG SECONDS: trains a config in a scratch dir (a later call resumes it) and keeps its
+# status, metrics and log in $dest; a run refused for its config copies nothing stale.
 train() {
-  local name=$1 arg=$2
-  local workdir=/tmp/gpu_session/$name
-  timeout "${3:-280}" python3 scripts/train.py --config="configs/cifar10_wrn.py:$arg" \
-    --workdir="$workdir" 2>&1 | tee "$dest/$name.log" | grep -E "epoch|error|final" || true
+  local name=$1 arg=$2 workdir=$SCRATCH/$1
+  timeout -k 15 "$3" python3 scripts/train.py --config="configs/cifar10_wrn.py:$arg" \
+    --workdir="$workdir" 2>&1 | tee "$dest/$name.log" | grep -iE "epoch .* step|accuracy|error|final status"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" = 2 ]; then
+    echo "$name: refused (see $dest/$name.log); remove $workdir to start it afresh"
+    return
+  fi
   cp "$workdir/status.json" "$dest/${name}_status.json" 2>/dev/null
   cp "$workdir/metrics.jsonl" "$dest/${name}_metrics.jsonl" 2>/dev/null
 }
@@ -67,48 +87,48 @@ case $part in
     ;;
   bench)
     setup
-    timeout 540 python3 scripts/benchmark.py --rows=$BENCH_ROWS --profile --out_dir="$dest" \
-      2>&1 | tee "$dest/bench.log" | grep -v "^I[0-9]"
+    benchmark 560 "" --rows="$BENCH_ROWS"
     ;;
   variants)
     setup
-    timeout 300 python3 scripts/benchmark.py --rows=$VARIANT_ROWS --profile --tag=variants \
-      --out_dir="$dest" 2>&1 | tee "$dest/variants.log" | grep -v "^I[0-9]"
-    # CUDA graphs around whole while loops, so a scanned stage is one launch: a flag of this
-    # XLA; an unknown flag stops the process, which is why it runs in its own.
-    XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 200 \
-      python3 scripts/benchmark.py --tag=cmdbuf --profile --out_dir="$dest" \
-      --rows=$CMDBUF_ROWS \
-      2>&1 | tee "$dest/cmdbuf.log" | grep -v "^I[0-9]"
+    benchmark 150 wide --rows="$WIDE_ROWS"
+    benchmark 250 variants --rows="$VARIANT_ROWS"
+    # CUDA graphs around whole while loops, so a scanned stage is one launch. An XLA flag: an
+    # unknown one stops the process, which is why it runs in a process of its own.
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+      benchmark 150 cmdbuf --rows="$CMDBUF_ROWS"
     ;;
   imagenet)
     setup
-    timeout 400 python3 scripts/benchmark.py --rows=$IMAGENET_ROWS --profile --tag=imagenet \
-      --out_dir="$dest" 2>&1 | tee "$dest/imagenet.log" | grep -v "^I[0-9]"
+    benchmark 400 imagenet --rows="$IMAGENET_ROWS"
     ;;
   train)
     setup
     [ -f "$CIFAR" ] || { echo "error: $CIFAR is missing: run 'prepare' here and carry .device"; exit 2; }
-    common="$TRAIN,source=folder,path=$CIFAR,cache_dir=/tmp/gpu_session/cache"
+    common="$TRAIN,source=folder,path=$CIFAR,cache_dir=$SCRATCH/cache"
     common+=",schedule=cosine,warmup_epochs=1,nesterov=true,dtype=bfloat16,log_every_steps=196"
-    train wrn16-4_bn_b256_e15 "$common,lr=0.2" 280
-    train wrn16-4_skipinit_b256_e15 "$common,normalizer=skipinit,lr=0.1" 280
+    train wrn16-4_bn_b256_e15 "$common,lr=0.2" 260
+    train wrn16-4_skipinit_b256_e15 "$common,normalizer=skipinit,lr=0.1" 260
     ;;
   sweep)
     setup
     [ -f "$CIFAR" ] || { echo "error: $CIFAR is missing: run 'prepare' here and carry .device"; exit 2; }
     # 4 runs share the GPU (each process allocates on demand); a re-run resumes the grid.
-    timeout 480 python3 scripts/sweep.py --executor=gpus --gpus=0,0,0,0 \
-      --sweep="configs/sweeps/batch_size.py:$SWEEP,seeds=1,data.source=folder,data.path=$PWD/$CIFAR,data.cache_dir=/tmp/gpu_session/cache,model.dtype=bfloat16" \
-      --sweep_dir=/tmp/gpu_session/sweep 2>&1 | tee "$dest/sweep.log" | grep -E "\] gpu|error" || true
-    python3 scripts/make_tables.py --sweep_dir=/tmp/gpu_session/sweep --out_dir=/tmp/gpu_session/tables
-    cp /tmp/gpu_session/tables/*.md /tmp/gpu_session/tables/*.csv /tmp/gpu_session/tables/*.png "$dest/" 2>/dev/null
+    timeout -k 20 480 python3 scripts/sweep.py --executor=gpus --gpus=0,0,0,0 \
+      --sweep="configs/sweeps/batch_size.py:$SWEEP,seeds=1,data.source=folder,data.path=$PWD/$CIFAR,data.cache_dir=$SCRATCH/cache,model.dtype=bfloat16" \
+      --sweep_dir="$SCRATCH/sweep" 2>&1 | tee "$dest/sweep.log" | grep -iE "\] gpu|error"
+    if [ "${PIPESTATUS[0]}" = 2 ]; then
+      echo "sweep refused (see $dest/sweep.log); no tables written"
+      exit 2
+    fi
+    python3 scripts/make_tables.py --sweep_dir="$SCRATCH/sweep" --out_dir="$SCRATCH/tables"
+    cp "$SCRATCH"/tables/*.md "$SCRATCH"/tables/*.csv "$SCRATCH"/tables/*.png "$dest/" 2>/dev/null
     ls "$dest"
     ;;
   torch)
     setup
-    timeout 500 python3 scripts/benchmark_torch.py $TORCH_ROWS --out_dir="$dest" 2>&1 \
-      | tee "$dest/torch.log" | grep "^|\|error"
+    timeout -k 10 500 python3 scripts/benchmark_torch.py $TORCH_ROWS --out_dir="$dest" 2>&1 \
+      | tee "$dest/torch.log" | grep -iE "$SHOW"
     ;;
   *)
     echo "error: unknown part '$part': prepare|bench|train|variants|imagenet|sweep|torch" >&2

@@ -40,11 +40,20 @@ def test_parse_row():
 
 def test_bench_row_times_the_real_train_chunk():
   r = benchmark.bench_row(benchmark.parse_row("10-1:skipinit:16:float32:num_devices=1"),
-                          steps_per_dispatch=2, max_dispatches=3, min_time_s=0.0, profile=True)
+                          steps_per_dispatch=2, max_dispatches=1, min_time_s=0.0, profile=True)
   assert r.compile_s > 0 and r.examples_per_sec > 0 and r.tflops > 0 and r.timed_dispatches == 3
   assert r.step_ms == pytest.approx(1e3 * 16 / r.examples_per_sec)
   assert r.profile is None  # XLA:CPU records no device plane
   assert "WRN-10-1" in benchmark.format_table([r])
+
+
+def test_a_row_may_set_its_own_steps_per_dispatch():
+  row = benchmark.parse_row("10-1:skipinit:8:float32:num_devices=1+steps_per_dispatch=3")
+  config = benchmark.row_config(row, steps_per_dispatch=2)
+  assert config.train.steps_per_dispatch == 3 and config.data.synthetic_train_size == 24
+  r = benchmark.bench_row(row, steps_per_dispatch=2, max_dispatches=1, min_time_s=0.0)
+  assert r.steps_per_dispatch == 3 and r.timed_dispatches == 3
+  assert r.step_ms == pytest.approx(1e3 * 8 / r.examples_per_sec)
 
 
 def test_bench_row_times_an_imagenet_step_on_a_device_batch():
@@ -66,6 +75,10 @@ def test_summarize_trace_reads_kernels_off_the_gpu_streams():
   planes = [NS(name="/host:CPU", lines=[]), NS(name="/device:GPU:0", lines=[stream, summary_line])]
   s = benchmark.summarize_trace(planes, steps=2)
   assert s["device_busy_frac"] == pytest.approx((150 + 100 + 10) / 460)
+  # A second stream: the event that starts last need not end last; busy stays a fraction.
+  copy = NS(name="Stream #9(MemcpyD2D)", events=[_event("long_kernel", 0, 1000)])
+  planes[1].lines.append(copy)
+  assert benchmark.summarize_trace(planes, steps=2)["device_busy_frac"] == pytest.approx(1.0)
   assert s["kernels_per_step"] == 1.5 and s["memcpys_per_step"] == 0.5
   assert s["kernel_ms_per_step"] == pytest.approx(300 / 2 / 1e6)
   top = s["top_kernels"][0]

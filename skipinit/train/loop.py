@@ -123,6 +123,9 @@ class DeviceData:
 
   def benchmark_dispatch(self, k: int):
     """(jitted fn, its data arguments, examples per call) of one k-step dispatch (benchmarks)."""
+    if k > self.steps_per_epoch:
+      raise ConfigError(f"a {k}-step dispatch needs {k * self.batch_size} training examples; the "
+                        f"data set has {self.num_train}")
     return self._chunk, self.chunk_args(0, k), k * self.batch_size
 
   def train(self, state, start: int, end: int):
