@@ -346,20 +346,23 @@ def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) ->
                header, rows, records, list(runs), notes, groups)
 
 
+def _best_grid(groups, row_keys, col_keys, row_field: str, col_field: str):
+  """best_cell_text of each (row, column) group, and the records of the cells that have runs."""
+  cells, records = [], []
+  for r in row_keys:
+    cells.append([best_cell_text(groups.get((r, c))) for c in col_keys])
+    records += [_record(groups[(r, c)], **{row_field: r, col_field: c})
+                for c in col_keys if (r, c) in groups]
+  return cells, records
+
+
 def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> Table:
   """ImageNet table (PAPER.md section 5): best-lr top-1 per method (rows) and batch size (columns)."""
   groups, warnings = group_runs(runs, lambda r: (r.method, r.get("train.batch_size")))
   methods = _order((k[0] for k in groups), method_order)
   sizes = _order(k[1] for k in groups)
-  rows, records = [], []
-  for m in methods:
-    row = [label(m)]
-    for bs in sizes:
-      g = groups.get((m, bs))
-      row.append(best_cell_text(g))
-      if g is not None:
-        records.append(_record(g, method=m, batch_size=bs))
-    rows.append(row)
+  cells, records = _best_grid(groups, methods, sizes, "method", "batch_size")
+  rows = [[label(m), *row] for m, row in zip(methods, cells)]
   depth = next((r.get("model.depth") for r in runs), "")
   return Table("imagenet_table", f"ImageNet top-1 (%), ResNet-{depth}-V2, at the best learning rate",
                ["Method"] + [f"batch {bs}" for bs in sizes], rows, records, list(runs),
@@ -372,15 +375,8 @@ def agc_table(runs: list[RunResult]) -> Table:
       runs, lambda r: (r.get("train.batch_size"), float(r.get("train.agc_clip", 0.0))))
   sizes = _order(k[0] for k in groups)
   clips = sorted({k[1] for k in groups}, key=lambda c: (c != 0.0, c))  # "off" first
-  rows, records = [], []
-  for bs in sizes:
-    row = [str(bs)]
-    for clip in clips:
-      g = groups.get((bs, clip))
-      row.append(best_cell_text(g))
-      if g is not None:
-        records.append(_record(g, batch_size=bs, agc_clip=clip))
-    rows.append(row)
+  cells, records = _best_grid(groups, sizes, clips, "batch_size", "agc_clip")
+  rows = [[str(bs), *row] for bs, row in zip(sizes, cells)]
   method = label(next((r.method for r in runs), "nf"))
   return Table("agc_table", f"{method} ({_nets(runs)}): adaptive gradient clipping vs batch size "
                "(test accuracy %)",
