@@ -101,9 +101,8 @@ def main(argv):
         traceback.print_exc()
       r = benchmark.BenchResult(
           model=row.model, normalizer=row.normalizer, batch_size=row.batch_size, dtype=row.dtype,
-          overrides=row.overrides, steps_per_dispatch=_K.value, compile_s=None,
-          examples_per_sec=None, step_ms=None, tflops=None, train_gflops_per_example=None,
-          peak_memory_gb=None, device=device, error=f"{type(e).__name__}: {e}".splitlines()[0])
+          overrides=row.overrides, steps_per_dispatch=_K.value, device=device,
+          error=f"{type(e).__name__}: {e}".splitlines()[0])
     results.append(r)
     print(benchmark.format_table([r]).splitlines()[-1], flush=True)
     jax.clear_caches()  # compiled programs of earlier rows hold device memory

@@ -88,9 +88,8 @@ def test_summarize_trace_reads_kernels_off_the_gpu_streams():
 
 def _result(model, norm, batch, rate, compile_s=1.0):
   return benchmark.BenchResult(model=model, normalizer=norm, batch_size=batch, dtype="bfloat16",
-                               overrides="", steps_per_dispatch=8, compile_s=compile_s,
-                               examples_per_sec=rate, step_ms=None, tflops=None,
-                               train_gflops_per_example=None, peak_memory_gb=None, device="x")
+                               overrides="", steps_per_dispatch=8, device="x",
+                               compile_s=compile_s, examples_per_sec=rate)
 
 
 def test_check_targets_reports_met_and_missed():

@@ -102,13 +102,13 @@ class BenchResult:
   dtype: str
   overrides: str
   steps_per_dispatch: int
-  compile_s: float | None
-  examples_per_sec: float | None
-  step_ms: float | None
-  tflops: float | None
-  train_gflops_per_example: float | None
-  peak_memory_gb: float | None
   device: str
+  compile_s: float | None = None
+  examples_per_sec: float | None = None
+  step_ms: float | None = None
+  tflops: float | None = None
+  train_gflops_per_example: float | None = None
+  peak_memory_gb: float | None = None
   timed_dispatches: int = 0
   profile: dict | None = None
   error: str | None = None
@@ -165,11 +165,10 @@ def bench_row(row: Row, steps_per_dispatch: int = 8, max_dispatches: int = 20,
   gflops = 6 * forward_macs(config.model, image_size) / 1e9
   result = BenchResult(model=row.model, normalizer=row.normalizer, batch_size=row.batch_size,
                        dtype=row.dtype, overrides=row.overrides, steps_per_dispatch=k,
-                       compile_s=compile_s, examples_per_sec=None, step_ms=None, tflops=None,
-                       train_gflops_per_example=gflops, peak_memory_gb=None,
-                       device=jax.devices()[0].device_kind)
+                       device=jax.devices()[0].device_kind, compile_s=compile_s,
+                       train_gflops_per_example=gflops,
+                       peak_memory_gb=_program_memory_gb(compiled))
   if compile_only:
-    result.peak_memory_gb = _program_memory_gb(compiled)
     return result
   t0 = time.perf_counter()
   state = compiled(state, *args)  # warm-up
@@ -190,7 +189,6 @@ def bench_row(row: Row, steps_per_dispatch: int = 8, max_dispatches: int = 20,
   result.step_ms = 1e3 * seconds / k
   result.tflops = result.examples_per_sec * gflops / 1e3
   result.timed_dispatches = per_window * len(windows)
-  result.peak_memory_gb = _program_memory_gb(compiled)
   if profile:
     try:
       result.profile = profile_dispatches(compiled, state, args, steps=2 * k)
@@ -329,7 +327,7 @@ def check_targets(results) -> list[str]:
     if batch == 64 and big:
       lines.append(f"{'met ' if rate >= 0.5 * big else 'MISS'} {model} {norm} batch 64 at "
                    f"{rate / big:.0%} of the batch-512 rate (target >= 50%)")
-  by_norm = {(r.model, r.batch_size, r.dtype): {} for r in ok}
+  by_norm = collections.defaultdict(dict)
   for r in ok:
     by_norm[(r.model, r.batch_size, r.dtype)][r.normalizer] = r.examples_per_sec
   for (model, batch, _), rates in sorted(by_norm.items()):
