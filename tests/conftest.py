@@ -9,8 +9,6 @@ TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimiz
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import importlib.util  # noqa: E402
-
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,11 +17,8 @@ sys.path.insert(0, ROOT)
 
 
 def load_config_module(name: str):
-  path = os.path.join(ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  from skipinit import config as cfg_lib
+  return cfg_lib.import_file(os.path.join(cfg_lib.CONFIG_DIR, f"{name}.py"))
 
 
 @pytest.fixture

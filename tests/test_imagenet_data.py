@@ -5,7 +5,6 @@ JPEG) stands in for the real data. The PIL decoder and the synthetic source need
 the tf.data and tfds tests run when `pip install -e .[imagenet]` is installed and skip otherwise.
 """
 
-import importlib.util
 import io
 import os
 import subprocess
@@ -25,14 +24,11 @@ SIZES = ((96, 72), (72, 96), (120, 80), (64, 64), (100, 75))
 BACKENDS = ["pil", "tf"]
 
 
-def _load(path, name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _load(path):
+  return cfg_lib.import_file(os.path.join(REPO, path))
 
 
-CONFIG = _load("configs/imagenet_resnet.py", "imagenet_resnet_config")
+CONFIG = _load("configs/imagenet_resnet.py")
 
 
 def _needs_tf():
@@ -324,7 +320,7 @@ def tfds_dir(tmp_path_factory):
     for i in range(1, 8):
       _add(t, f"ILSVRC2012_val_{i:08d}.JPEG", _jpeg(rng, 70, 60))
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  prepare = _load("scripts/prepare_imagenet.py", "prepare_imagenet_script")
+  prepare = _load("scripts/prepare_imagenet.py")
   builder = prepare.prepare(str(manual), data_dir)
   assert builder.info.splits["train"].num_examples == 18
   return data_dir
