@@ -96,11 +96,14 @@ def test_fixup_residual_branches_output_zero_at_init(name, depth):
 def test_fixup_init_scales_branch_convs_by_depth():
   cfg = model_config(depth=22, width=1, normalizer="fixup")  # L = 9 basic blocks, m = 2
   params = init(cfg, images(2))["params"]
-  conv0 = params["stage1_blocks"]["conv0"]["kernel"]
-  fan_in = 3 * 3 * conv0.shape[-2]
-  expected_std = np.sqrt(2.0 / fan_in) * 9 ** -0.5
-  # truncated normal keeps the requested std
-  assert abs(float(jnp.std(conv0)) / expected_std - 1) < 0.1
+  # N(0, 2 / fan_out) * L^-1/2 as in Fixup's official code: in a stage's first block (16 -> 32
+  # channels) fan-out and fan-in differ, so this also tells the two apart.
+  for block in ("stage1_blocks", "stage1_block0"):
+    conv0 = params[block]["conv0"]["kernel"]
+    expected_std = np.sqrt(2.0 / (3 * 3 * conv0.shape[-1])) * 9 ** -0.5
+    assert abs(float(jnp.std(conv0)) / expected_std - 1) < 0.1, block
+  proj = params["stage1_block0"]["proj"]["kernel"]  # 1x1 shortcut: N(0, 2 / out channels)
+  assert abs(float(jnp.std(proj)) / np.sqrt(2.0 / proj.shape[-1]) - 1) < 0.1
   assert float(jnp.abs(params["stage1_blocks"]["conv1"]["kernel"]).max()) == 0.0
   assert float(jnp.abs(params["classifier"]["kernel"]).max()) == 0.0
 

@@ -99,7 +99,7 @@ def test_expansion_is_deterministic_and_named_by_axes():
 
 
 def test_every_sweep_file_expands_at_full_budget():
-  sizes = {"depth_table.py": 252, "ablation_table.py": 315, "batch_size.py": 432,
+  sizes = {"depth_table.py": 252, "ablation_table.py": 378, "batch_size.py": 432,
            "agc_batch_size.py": 504, "imagenet_table.py": 48}
   for name, size in sizes.items():
     runs = spec.expand(spec.load_sweep(os.path.join(SWEEPS, name)))
@@ -234,3 +234,21 @@ def test_script_reports_bad_input_in_one_line(tmp_path):
   assert p.returncode == 2 and "Traceback" not in p.stderr
   assert p.stderr.strip().splitlines()[-1].startswith("error: run batchnorm/")
   assert "not a valid Wide-ResNet depth" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_each_skipinit_method_builds_the_network_its_label_names():
+  """The bias ablation is real: only skipinit_nobias drops the block-conv biases."""
+  from skipinit import config as cfg_lib, models
+  from skipinit.models import make_recipe
+  from skipinit.sweep import methods
+
+  def recipe(name):
+    cfg = cfg_lib.base_config()
+    cfg_lib.apply_overrides(cfg, methods.select([name])[name])
+    return make_recipe(cfg.model, models.num_residual_blocks(cfg.model))
+
+  assert not recipe("skipinit_nobias").conv_bias
+  for name in ("skipinit_a0", "skipinit_bias", "skipinit_reg", "skipinit_nowd", "skipinit_a1",
+               "skipinit_inv_sqrt_d"):
+    assert recipe(name).conv_bias, name
+  assert recipe("skipinit_reg") != recipe("skipinit_nobias")

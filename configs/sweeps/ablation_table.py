@@ -1,12 +1,13 @@
 r"""Ablation table (PAPER.md sections 1.2, 1.4, 5): what SkipInit needs, on n-2 Wide-ResNets.
 
 Methods: SkipInit alpha=1 (a plain unnormalized ResNet with a gain), the variance-preserving
-sqrt(2) merge, no normalization (He init), SkipInit alpha=0 without weight decay, and regularized
-SkipInit (alpha=0 + conv biases + dropout before the classifier). Expected: alpha=1, sqrt(2) merge
-and no normalization fail at depth 1000; removing weight decay costs accuracy. Same protocol and
+sqrt(2) merge, no normalization (He init), SkipInit alpha=0 without weight decay, SkipInit alpha=0
+without conv biases, and regularized SkipInit (alpha=0 + conv biases + dropout before the
+classifier). Expected: alpha=1, sqrt(2) merge and no normalization fail at depth 1000; removing
+weight decay or the biases costs accuracy, dropout gains some. Same protocol and
 table format as the depth table (batch 64, 200 epochs, best learning rate, mean +- std over seeds).
 
-Run (full budget: 3 depths x 5 methods x 7 learning rates x 3 seeds = 315 runs):
+Run (full budget: 3 depths x 6 methods x 7 learning rates x 3 seeds = 378 runs):
   python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py --sweep_dir=runs/ablation_table \
       --executor=gpus
   python scripts/make_tables.py --sweep_dir=runs/ablation_table,runs/depth_table \
@@ -14,7 +15,7 @@ Run (full budget: 3 depths x 5 methods x 7 learning rates x 3 seeds = 315 runs):
 (giving the depth sweep too adds its BatchNorm and SkipInit alpha=0 rows as references.)
 
 Knobs: epochs=200, seeds=3, lr_exps=-6:0, depths=16;100;1000, width=2, batch_size=64,
-dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_reg,
+dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_nobias;skipinit_reg,
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
 """
 
@@ -22,7 +23,8 @@ from skipinit.sweep import methods as methods_lib
 from skipinit.sweep.spec import depth_grid, make_sweep, sibling_config
 
 CONFIG = sibling_config(__file__, "cifar10_wrn.py")
-METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_reg")
+METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_nobias",
+           "skipinit_reg")
 
 
 def ablation_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple(range(-6, 1)),

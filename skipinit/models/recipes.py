@@ -33,7 +33,10 @@ class Recipe:
   # out = out_scale * (skip + branch): 1/sqrt(2) for the variance-preserving merge.
   out_scale: float = 1.0
   # Fixup (Zhang et al. 2019): scalar biases before convs/activations/classifier and a branch bias;
-  # last branch conv zero, the others He-init scaled by L^(-1/(2m-2)).
+  # last branch conv zero, the others N(0, 2/fan_out) scaled by L^(-1/(2m-2)) in std, as in the
+  # official code. Unlike that code (post-activation: relu after the sum), it runs in the same
+  # pre-activation block as every other variant here, so that the tables compare initializations
+  # and normalizers on one architecture.
   scalar_biases: bool = False
   fixup_init: bool = False
   zero_init_classifier: bool = False

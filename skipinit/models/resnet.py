@@ -39,6 +39,11 @@ def _channel_mean_batch_var(x):
   return jnp.mean(jnp.var(x, axis=tuple(range(x.ndim - 1))))
 
 
+def _fan_out_normal(scale: float):
+  """N(0, scale / fan_out): the init Fixup's reference code gives its convs (not He's fan-in)."""
+  return nn.initializers.variance_scaling(scale, "fan_out", "normal")
+
+
 class _RecipeMixin:
   """Builds the parts a recipe decides: norms, activations, convs and scalar biases."""
 
@@ -91,17 +96,20 @@ class PreActBlock(_RecipeMixin, nn.Module):
       o = o * beta.astype(o.dtype)
     o = self.scalar_bias(o, "conv0_bias")
     out_features, stride = self.convs[-1][0], max(s for _, _, s in self.convs)
-    skip = self.conv(out_features, 1, stride, "proj")(o) if self.project else x
-
     m = len(self.convs)
+    # Fixup's convs follow its official code (and DeepMind's): a plain normal on the fan-out, the
+    # branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std.
+    fixup_std2 = 2.0 * self.num_blocks ** (-1.0 / (m - 1))
+    proj_init = _fan_out_normal(2.0) if r.fixup_init else he_normal
+    skip = self.conv(out_features, 1, stride, "proj", kernel_init=proj_init)(o) if self.project else x
+
     y = o
     for i, (features, kernel, s) in enumerate(self.convs):
       if i:
         y = self.scalar_bias(self.activate(y, f"norm{i}", self.train), f"conv{i}_bias")
       init = he_normal
-      if r.fixup_init:  # Fixup: zero last conv, scale the others by L^(-1/(2m-2))
-        init = (nn.initializers.zeros if i == m - 1 else nn.initializers.variance_scaling(
-            2.0 * self.num_blocks ** (-1.0 / (m - 1)), "fan_in", "truncated_normal"))
+      if r.fixup_init:
+        init = nn.initializers.zeros if i == m - 1 else _fan_out_normal(fixup_std2)
       y = self.conv(features, kernel, s, f"conv{i}", kernel_init=init)(y)
 
     # Before alpha, which SkipInit starts at 0: Figure 4 (skipinit.analysis.signal) plots it.

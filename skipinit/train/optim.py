@@ -52,8 +52,11 @@ def weight_decay_mask(params, decay_all: bool = False):
 
 
 def fixup_scalar_mask(params, gain_name: str = "scale"):
-  """Fixup's scalar biases (named *_bias) and branch multipliers (`gain_name`)."""
-  return _path_mask(params, lambda path: path[-1].endswith("_bias") or path[-1] == gain_name)
+  """Fixup's scalar biases (named *_bias), branch multipliers (`gain_name`) and the classifier's
+  bias: the official code's optimizer puts every parameter named *bias* or *scale* in its lr/10
+  group, the linear layer's bias included."""
+  return _path_mask(params, lambda path: path[-1].endswith("_bias") or path[-1] == gain_name
+                    or path == ("classifier", "bias"))
 
 
 def agc_mask(params):
