@@ -6,7 +6,11 @@
 #   fetches the pure-Python wheels the GPU image lacks (ml_collections, tensorboardX) into .whl/ and
 #   copies the CIFAR-10 tarball into .device/ (both git-ignored; name them in the call's carry).
 # There, from the repository root, one part per call, most important first (minutes are the
-# parts' own time limits; a 30-minute lease holds about three of them):
+# parts' own time limits). A lease is 15 minutes of device time all told, the machine's start
+# (a minute or two) included, and none starts with less than 4 left: so run `issue6` first, in
+# one call with timeout_s=600; the minutes it leaves hold at most one short part more.
+#   bash scripts/gpu_session.sh issue6     # issue 6 in one call: @priority rows (JAX, profiled),
+#                                          #   the PyTorch reference, CUDA graphs around loops (<= 9)
 #   bash scripts/gpu_session.sh bench      # issue 6: WRN-1000-2/100-2 and WRN-16-4 rows (<= 9.5)
 #   bash scripts/gpu_session.sh train      # WRN-16-4 BN and SkipInit, batch 256, 15 epochs (<= 9.5)
 #   bash scripts/gpu_session.sh variants   # WRN-28-10 rows, scan unroll / k / remat, CUDA graphs (<= 9.5)
@@ -18,22 +22,27 @@
 # results/ with the command and the GPU name. The benchmark rewrites its files after every row,
 # so a part cut short by its limit keeps what it measured.
 # Without $OUT (a GPU machine of your own) results go to results/gpu_session/. DRY_RUN=1 runs
-# every part at toy sizes (CPU, minutes), in a scratch folder of its own: a check of the script.
+# every part at toy sizes (CPU, minutes), into /tmp/gpu_session_dry: a check of the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?"usage: bash scripts/gpu_session.sh prepare|bench|train|variants|imagenet|sweep|torch"}
+PARTS="prepare|issue6|bench|train|variants|imagenet|sweep|torch"
+part=${1:?"usage: bash scripts/gpu_session.sh $PARTS"}
+# A dry run never writes into results/.
+[ "${DRY_RUN:-0}" = 1 ] && OUT=${OUT:-/tmp/gpu_session_dry/out}
 OUT=${OUT:-results/gpu_session}
 CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
 dest="$OUT/$part"
 BENCH_ROWS=@deep,@wrn16 WIDE_ROWS=@wide VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
-CMDBUF_ROWS=1000-2:batchnorm:128:bfloat16,100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16
+PRIORITY_ROWS=@priority TORCH_QUICK="--rows=100-2:128,16-4:512,1000-2:128,16-4:1024 --min_time_s=1.5"
+CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:batchnorm:128:bfloat16
 TRAIN="16-4,batch_size=256,epochs=15" SWEEP="epochs=3,lr_exps=-3:0,batch_exps=6:10" TORCH_ROWS=""
 SCRATCH=/tmp/gpu_session
 if [ "${DRY_RUN:-0}" = 1 ]; then
   BENCH_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8 WIDE_ROWS=10-2:skipinit:16:float32
   VARIANT_ROWS=10-1:skipinit:16:float32:scan_unroll=2 CMDBUF_ROWS=10-1:skipinit:16:float32
   IMAGENET_ROWS=r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8
-  TORCH_ROWS="--rows=10-1:8 --min_time_s=0.1"
+  TORCH_ROWS="--rows=10-1:8 --min_time_s=0.1" TORCH_QUICK=$TORCH_ROWS
+  PRIORITY_ROWS=10-1:batchnorm:16:float32:ghost_batch_size=8,10-1:skipinit:16:float32
   TRAIN="10-1,batch_size=256,epochs=0.02,eval_batch_size=2000"
   SWEEP="epochs=0.01,lr_exps=-2:-1,batch_exps=6:7,depth=10,width=1"
   SCRATCH=/tmp/gpu_session_dry
@@ -85,6 +94,17 @@ case $part in
     [ -f "$CIFAR" ] || cp ../shared/data/cifar10-jpeg.tar.gz "$CIFAR"
     echo "carry: [\".whl\", \".device\"]  ($(du -shc .whl .device | tail -1 | cut -f1) in all; the limit is 64 MiB)"
     ;;
+  issue6)
+    # Each step bounded so that the whole part ends within 9 minutes; every benchmark writes its
+    # files after each row, so a step cut short keeps what it measured. 7 files under $dest.
+    setup
+    benchmark 330 "" --rows="$PRIORITY_ROWS"
+    timeout -k 10 110 python3 scripts/benchmark_torch.py $TORCH_QUICK --out_dir="$dest" 2>&1 \
+      | tee -a "$dest/$part.log" | grep -iE "$SHOW"
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+      benchmark 80 cmdbuf --rows="$CMDBUF_ROWS"
+    ls "$dest"
+    ;;
   bench)
     setup
     benchmark 560 "" --rows="$BENCH_ROWS"
@@ -131,6 +151,6 @@ case $part in
       | tee "$dest/torch.log" | grep -iE "$SHOW"
     ;;
   *)
-    echo "error: unknown part '$part': prepare|bench|train|variants|imagenet|sweep|torch" >&2
+    echo "error: unknown part '$part': $PARTS" >&2
     exit 2 ;;
 esac
