@@ -54,13 +54,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    return sweep_lib.launch(
-        FLAGS.sweep, FLAGS.sweep_dir, executor=FLAGS.executor, dry_run=FLAGS.dry_run,
-        gpus=FLAGS.gpus, run_filter=FLAGS.filter, slurm_params=_slurm_params(FLAGS.slurm_params),
-        slurm_cluster=FLAGS.slurm_cluster)
+    with sweep_lib.executors.sigterm_stops_trainers():
+      return sweep_lib.launch(
+          FLAGS.sweep, FLAGS.sweep_dir, executor=FLAGS.executor, dry_run=FLAGS.dry_run,
+          gpus=FLAGS.gpus, run_filter=FLAGS.filter,
+          slurm_params=_slurm_params(FLAGS.slurm_params), slurm_cluster=FLAGS.slurm_cluster)
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except sweep_lib.executors.Terminated:
+    print("terminated (SIGTERM): the trainers stopped at a checkpoint; launch the same command "
+          "again to resume", file=sys.stderr)
+    return 143
   except KeyboardInterrupt:
     print("interrupted: launch the same command again to resume", file=sys.stderr)
     return 130

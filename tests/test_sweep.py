@@ -161,6 +161,40 @@ def test_relaunch_skips_finished_and_diverged_reruns_failed_and_interrupted(tmp_
   assert len(attempts) == 6 and json.loads(attempts[0])["state"] in ("completed", "diverged", "failed")
 
 
+@pytest.mark.parametrize("executor", ["local", "gpus"])
+def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path, fake, executor):
+  """SIGTERM to the sweep process alone (`kill PID`, a scheduler) must not orphan its trainer: an
+  orphan would train on holding the run's lock, and a relaunch would skip the run as busy."""
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2,batch_exps=6"
+  d = tmp_path / "sw"
+  code = textwrap.dedent(f"""\
+      import sys
+      from skipinit import sweep
+      from skipinit.sweep import executors
+      executors.TRAIN_SCRIPT = {str(tmp_path / "fake_train.py")!r}
+      try:
+        with executors.sigterm_stops_trainers():
+          sweep.launch({sweep!r}, {str(d)!r}, executor={executor!r}, gpus=["0"])
+      except executors.Terminated:
+        sys.exit(143)
+      """)
+  env = dict(os.environ, FAKE_SLEEP="600")
+  p = subprocess.Popen([sys.executable, "-c", code], env=env)
+  run_dir = d / "batchnorm"
+  for _ in range(300):  # until the trainer is up (it writes its status first)
+    if (run_dir / "status.json").exists():
+      break
+    threading.Event().wait(0.1)
+  assert rundir.is_locked(str(run_dir))
+  p.send_signal(subprocess.signal.SIGTERM)
+  assert p.wait(timeout=60) == 143
+  assert not rundir.is_locked(str(run_dir))  # the trainer is gone with its lock
+  attempts = [json.loads(l) for l in (d / executors.ATTEMPTS).read_text().splitlines()]
+  assert [(a["run"], a["state"]) for a in attempts] == [("batchnorm", "interrupted")]
+  rc, logs = _launch(sweep, d)
+  assert rc == 0 and [c["workdir"] for c in fake()][-2:] == [str(run_dir), str(d / "skipinit_a0")]
+
+
 def test_locked_run_is_left_to_its_worker(tmp_path, fake):
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2:-1,batch_exps=6"
   d = tmp_path / "sw"

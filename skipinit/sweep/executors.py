@@ -9,10 +9,12 @@ is a result, never re-run):
   locked by another worker   skipped by this one (two workers never train the same run)
 """
 
+import contextlib
 import datetime
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +85,7 @@ class _Active:
 
   def __init__(self):
     self.procs, self.lock = set(), threading.Lock()
+    self.stopped = set()  # the ones terminate_all stopped: interrupted, not failed
 
   def add(self, p):
     with self.lock:
@@ -95,21 +98,56 @@ class _Active:
   def terminate_all(self):
     with self.lock:
       procs = list(self.procs)
-    for p in procs:
-      _stop(p)
+      self.stopped.update(procs)
+    _stop(*procs)
+
+  def was_stopped(self, p) -> bool:
+    with self.lock:
+      return p in self.stopped
 
 
 _ACTIVE = _Active()
+# How long a trainer gets, after SIGTERM, to reach its next boundary and checkpoint (SLURM's
+# default grace period before SIGKILL is 30 s).
+STOP_GRACE_S = 30.0
 
 
-def _stop(p: subprocess.Popen) -> None:
-  if p.poll() is None:
+def _stop(*procs: subprocess.Popen) -> None:
+  """SIGTERM to each trainer (they checkpoint at their next boundary and exit), then SIGKILL to
+  any still running after the grace period: all signalled first, so they stop in parallel."""
+  live = [p for p in procs if p.poll() is None]
+  for p in live:
     p.terminate()
+  deadline = time.time() + STOP_GRACE_S
+  for p in live:
     try:
-      p.wait(timeout=30)
+      p.wait(timeout=max(0.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
       p.kill()
       p.wait()
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM reached the sweep process: its trainers were stopped at a checkpoint."""
+
+
+@contextlib.contextmanager
+def sigterm_stops_trainers():
+  """Within this block SIGTERM (a scheduler, `kill PID`) raises `Terminated` in the main thread.
+
+  The executors handle it as an interrupt: every trainer this process started gets SIGTERM and
+  time to checkpoint, its attempt is recorded, and nothing is left running without its sweep
+  (an orphaned trainer would also keep its run's lock, so a relaunch would skip the run as busy).
+  """
+  def handle(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping
+    raise Terminated()
+
+  previous = signal.signal(signal.SIGTERM, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | None = None,
@@ -138,20 +176,26 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                            pass_fds=(lock.fd,))
       _ACTIVE.add(p)
+      interrupted = None
       try:
         returncode = p.wait()
-      except BaseException:
+      except BaseException as e:  # SIGTERM or Ctrl-C of the sweep: stop the trainer first
+        interrupted = e
         _stop(p)
-        raise
+        returncode = p.returncode
       finally:
         _ACTIVE.remove(p)
     state = rundir.run_state(run_dir)
-    if returncode != 0 and state not in rundir.FINISHED:
+    if (interrupted is not None or _ACTIVE.was_stopped(p)) and state not in rundir.FINISHED:
+      state = "interrupted"
+    elif returncode != 0 and state not in rundir.FINISHED:
       state = "failed"  # e.g. killed before it could write status.json
     _record_attempt(sweep_dir, {
         "run": run.name, "state": state, "returncode": returncode, "worker": worker,
         "host": socket.gethostname(), "start": round(start, 1),
         "seconds": round(time.time() - start, 1)})
+    if interrupted is not None:
+      raise interrupted
     return state
   finally:
     lock.release()
@@ -208,10 +252,19 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
   for i, run in enumerate(runs):
     todo.put((i, run))
   outcomes: dict[str, int] = {}
-  lock, stop = threading.Lock(), threading.Event()
-  errors = []
+  lock, stop, all_done = threading.Lock(), threading.Event(), threading.Event()
+  errors, running = [], [len(gpus)]
 
   def worker(gpu: str, slot: int):
+    try:
+      work(gpu, slot)
+    finally:
+      with lock:
+        running[0] -= 1
+        if not running[0]:
+          all_done.set()
+
+  def work(gpu: str, slot: int):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
     if shared:
       env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
@@ -233,13 +286,17 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
   threads = [threading.Thread(target=worker, args=(g, s), daemon=True) for s, g in enumerate(gpus)]
   for t in threads:
     t.start()
+  # An Event, not Thread.join: a join that a signal interrupts can leave the thread looking
+  # finished (CPython gh-90882), and the workers must be waited for after an interrupt too.
   try:
-    while any(t.is_alive() for t in threads):
-      for t in threads:
-        t.join(timeout=0.5)
+    while not all_done.wait(0.5):
+      pass
   except KeyboardInterrupt:
     stop.set()
-    _ACTIVE.terminate_all()
+    deadline = time.time() + STOP_GRACE_S + 10
+    while not all_done.is_set() and time.time() < deadline:
+      _ACTIVE.terminate_all()  # again each round: a worker may have just started a trainer
+      all_done.wait(0.5)  # the workers record their interrupted attempts
     raise
   if errors:
     raise SweepError("; ".join(errors))
