@@ -3,9 +3,9 @@
 import importlib.metadata
 import os
 
-from skipinit.errors import ConfigError, DataError
+from skipinit.errors import CheckpointError, ConfigError, DataError, SkipInitError
 
-__all__ = ["ConfigError", "DataError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "SkipInitError"]
 
 
 def _work_around_xla_cpu_ynn_fusion() -> None:

@@ -115,6 +115,23 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(cifar_config, tmp_pat
   assert [r["step"] for r in metrics(tmp_path)] == [8, 16]
 
 
+def test_no_readable_checkpoint_is_an_error_not_a_restart(cifar_config, tmp_path):
+  """Every checkpoint damaged: starting again from step 0 would silently wipe the run's metrics."""
+  from skipinit import CheckpointError
+  cfg = smoke(cifar_config, "epochs=2")
+  train_and_evaluate(cfg, str(tmp_path))
+  for root, _, files in os.walk(tmp_path / "checkpoints"):
+    for f in files:
+      open(os.path.join(root, f), "wb").write(b"garbage")
+  rundir.write_status(str(tmp_path), "running", step=16)
+  before = (tmp_path / "metrics.jsonl").read_bytes()
+  for _ in range(2):  # and still on the next attempt, once the steps have been moved aside
+    with pytest.raises(CheckpointError, match="corrupt_16, corrupt_8 did not read back"):
+      train_and_evaluate(cfg, str(tmp_path))
+  assert (tmp_path / "metrics.jsonl").read_bytes() == before
+  assert json.load(open(tmp_path / "status.json"))["status"] == "running"
+
+
 def test_real_images_from_the_folder_source(cifar_config, tmp_path):
   cfg = cifar_config(f"smoke,num_devices=1,source=folder,path={SAMPLE_DIR},epochs=4,lr=0.05,"
                      "schedule=cosine,cache_dir=")

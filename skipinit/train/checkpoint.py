@@ -1,5 +1,6 @@
 """Orbax checkpoints of the train state, with fallback past a corrupt or half-written checkpoint."""
 
+import glob
 import os
 import shutil
 
@@ -8,6 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from skipinit.errors import CheckpointError
+
+CORRUPT_PREFIX = "corrupt_"
+
 
 class Checkpointer:
   """Saves the train state every few epochs; restores the newest checkpoint that reads back whole.
@@ -15,7 +20,8 @@ class Checkpointer:
   Orbax writes each step to a temporary directory and renames it when complete, so a preempted
   save leaves no step behind. A step that exists but cannot be read (damaged files) is reported,
   moved aside to `checkpoints/corrupt_<step>` and the next older one is tried: a state is either
-  restored whole or not at all, never mixed.
+  restored whole or not at all, never mixed. When none is left that reads back, restoring fails
+  with a CheckpointError rather than starting again from step 0 over the run's metrics.
   """
 
   def __init__(self, workdir: str, keep: int = 3):
@@ -40,6 +46,12 @@ class Checkpointer:
         raise RuntimeError(f"the processes see different checkpoints in {self.directory} (newest: "
                            f"{tried}): is it on a filesystem that every host shares?")
       if step < 0:
+        corrupt = sorted(glob.glob(os.path.join(self.directory, CORRUPT_PREFIX + "*")))
+        if corrupt:
+          raise CheckpointError(
+              f"no checkpoint in {self.directory} can be restored: "
+              f"{', '.join(os.path.basename(c) for c in corrupt)} did not read back. Move a good "
+              "copy back (as checkpoints/<step>) to resume, or start afresh in a new --workdir")
         return None, 0
       error = None
       try:
@@ -53,7 +65,7 @@ class Checkpointer:
                     self.directory, error or f"on process(es) {failed}")
       if jax.process_index() == 0:
         shutil.move(os.path.join(self.directory, str(step)),
-                    os.path.join(self.directory, f"corrupt_{step}"))
+                    os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}"))
       # No process may list the directory again before it has moved (a stale list would make
       # one process skip a later save of this step that the others make: a hang).
       _barrier(f"skipinit_checkpoint_moved_{step}")
