@@ -1,8 +1,17 @@
 r"""Trains one model: python scripts/train.py --config=configs/cifar10_wrn.py:16-4 --workdir=DIR.
 
+  --config=FILE.py[:ARG]   a config file and its argument: comma-separated presets and key=value
+                           pairs, e.g. configs/cifar10_wrn.py:100-2,normalizer=skipinit,lr=0.05
+                           (presets of cifar10_wrn.py: N-K, smoke, sample; of imagenet_resnet.py:
+                           50, 101, ..., smoke); a key may be short (lr) when unambiguous
+  --config.SECTION.KEY=V   overrides after the argument, e.g. --config.train.lr=0.05
+                           (sections: model, data, train; README "Config knobs" lists the keys)
+  --workdir=DIR            the run directory: created, or resumed if it holds this run
+
 Re-running the same command resumes from the last checkpoint; a finished run is not redone.
-Exit status: 0 for a completed or diverged run (divergence is a result), 1 for a failed run,
-2 for bad input (config, data), reported as one line.
+Exit status: 0 for a completed or diverged run (divergence is a result) and for a run stopped by
+SIGTERM at a checkpoint (status.json says "running", "preempted": re-run to resume), 1 for a
+failed run, 2 for bad input (config, data, run directory), reported as one line.
 """
 
 import re
@@ -27,13 +36,17 @@ class _QuietLibraries:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {' '.join(argv[1:])!r}: config values go after the "
+          "config file's ':' joined by commas (--config=configs/cifar10_wrn.py:smoke,lr=0.1) or "
+          "as --config.train.lr=0.1", file=sys.stderr)
+    return 2
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from skipinit.train import train_and_evaluate  # after flag parsing: imports JAX
   try:
     config = _CONFIG.value
     config.train  # the file is loaded lazily: a missing or broken one fails on first access
-  except (OSError, SkipInitError, ValueError, TypeError) as e:
+  except Exception as e:  # the config file is user input: whatever it raises is bad input
     print(f"error: {_config_error_line(e)}", file=sys.stderr)
     return 2
   try:
@@ -49,11 +62,26 @@ def main(argv):
 
 def _config_error_line(e: Exception) -> str:
   # ml_collections re-raises a get_config error as text (traceback included), not as a cause.
-  ours = re.findall(r"^skipinit\.errors\.\w+: (.*)$", str(e), flags=re.MULTILINE)
+  text = str(e)
+  ours = re.findall(r"^skipinit\.errors\.\w+: (.*)$", text, flags=re.MULTILINE)
   if ours:
     return ours[-1]
-  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
-  return " ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [repr(e)])[0]
+  missing = re.search(r"No such file or directory: '([^']+)'", text)
+  if missing:
+    return f"config file {missing.group(1)!r} does not exist"
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  line = " ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [""])[0]
+  return f"{type(e).__name__} in the config: {line}" if not isinstance(e, flags.Error) else line
+
+
+def _unknown_override_line(e: Exception, argv) -> str:
+  """A --config.SECTION.KEY=V flag that names no key: which flag, and what ml_collections suggests."""
+  text = " ".join(re.sub(r"""\\n|[\\'"]""", " ", str(e.args[0] if e.args else e)).split())
+  key = re.match(r"(\w+)", text)
+  flags_given = [a for a in argv[1:] if a.startswith("--config.")]
+  bad = [a for a in flags_given if key and re.search(rf"\.{key.group(1)}(=|$)", a)] or flags_given
+  return (f"{' '.join(bad)} names no config key ({text}): overrides are "
+          "--config.SECTION.KEY=VALUE with SECTION one of model, data, train")
 
 
 def parse_flags_or_exit(argv):
@@ -61,8 +89,11 @@ def parse_flags_or_exit(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {_config_error_line(e)}", file=sys.stderr)
-    sys.exit(2)
+    line = _config_error_line(e)
+  except (AttributeError, KeyError) as e:  # raised by ml_collections for --config.no.such=key
+    line = _unknown_override_line(e, argv)
+  print(f"error: {line}", file=sys.stderr)
+  sys.exit(2)
 
 
 def run():

@@ -9,6 +9,7 @@ the type of the default, and the config is locked so a misspelt key fails loudly
 import difflib
 import importlib.util
 import json
+import math
 import os
 import re
 from typing import Callable, Mapping
@@ -87,7 +88,10 @@ def _parse_value(key: str, text: str, default):
     except ValueError:
       raise ConfigError(f"{key}={text!r}: expected a number") from None
   if isinstance(default, tuple):
-    return tuple(float(v) for v in text.strip("()[] ").split(";") if v)
+    try:
+      return tuple(float(v) for v in text.strip("()[] ").split(";") if v)
+    except ValueError:
+      raise ConfigError(f"{key}={text!r}: expected numbers separated by ';'") from None
   return text
 
 
@@ -183,11 +187,24 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.data.source == "folder" and not config.data.path:
     raise ConfigError("data.source=folder needs data.path: a class-folder tree (train/<class>/*.jpg, "
                       "test/<class>/*.jpg) or a .tar.gz of one")
-  if t.epochs <= 0 or t.lr < 0 or t.eval_every_epochs <= 0 or t.checkpoint_every_epochs <= 0:
-    raise ConfigError("train.epochs, train.eval_every_epochs and train.checkpoint_every_epochs must "
-                      "be positive and train.lr non-negative")
-  if t.steps_per_dispatch < 1:
-    raise ConfigError(f"train.steps_per_dispatch={t.steps_per_dispatch} must be >= 1")
+  for key, ok, allowed in (
+      ("epochs", 0 < t.epochs < math.inf, "a positive finite number"),
+      ("eval_every_epochs", 0 < t.eval_every_epochs < math.inf, "a positive finite number"),
+      ("checkpoint_every_epochs", 0 < t.checkpoint_every_epochs < math.inf,
+       "a positive finite number"),
+      ("warmup_epochs", 0 <= t.warmup_epochs < math.inf, "a finite number >= 0"),
+      ("lr", 0 <= t.lr < math.inf, "a finite number >= 0"),
+      ("momentum", 0 <= t.momentum < 1, "in [0, 1)"),
+      ("weight_decay", 0 <= t.weight_decay < math.inf, "a finite number >= 0"),
+      ("label_smoothing", 0 <= t.label_smoothing < 1, "in [0, 1)"),
+      ("agc_clip", 0 <= t.agc_clip < math.inf, "a finite number >= 0 (0 = off)"),
+      ("steps_per_dispatch", t.steps_per_dispatch >= 1, "an integer >= 1"),
+      ("eval_batch_size", t.eval_batch_size >= 1, "an integer >= 1"),
+      ("log_every_steps", t.log_every_steps >= 1, "an integer >= 1"),
+      ("keep_checkpoints", t.keep_checkpoints >= 1,
+       "an integer >= 1 (a run resumes from its checkpoints)")):
+    if not ok:  # NaN fails every comparison, so it lands here too
+      raise ConfigError(f"train.{key}={t[key]!r} is not valid: it must be {allowed}")
 
 
 def to_json(config) -> str:

@@ -64,7 +64,13 @@ class _StopAfter:
 def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
   # Checkpoints only every 2 epochs, so the interrupted run must resume mid-window from a SIGTERM save.
   cfg = smoke(cifar_config, "epochs=3,checkpoint_every_epochs=2,dropout_rate=0.2")
+  statuses = []
+  write_status = rundir.write_status
+  monkeypatch.setattr(rundir, "write_status",
+                      lambda d, s, **kw: statuses.append((s, kw.get("step"))) or write_status(d, s, **kw))
   full = train_and_evaluate(cfg, str(tmp_path / "full"))
+  # status.json follows the run: the step of each checkpoint while running, then the end.
+  assert statuses == [("running", 0), ("running", 16), ("completed", 24)]
   monkeypatch.setattr(loop, "_Preemption", _StopAfter(5))
   first = train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert first["status"] == "running" and first["preempted"] and 0 < first["step"] < full["step"]
@@ -74,6 +80,8 @@ def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
   strip = lambda ms: [{k: v for k, v in r.items() if k not in ("wall_time", "examples_per_sec")}
                       for r in ms]
   assert strip(metrics(tmp_path / "resumed")) == strip(metrics(tmp_path / "full"))
+  walls = [r["wall_time"] for r in metrics(tmp_path / "resumed")]
+  assert walls == sorted(walls) and walls[0] > 0  # wall time goes on across the resume
   assert {k: resumed[k] for k in ("train_loss", "test_acc", "test_loss")} == \
          {k: full[k] for k in ("train_loss", "test_acc", "test_loss")}
 
@@ -149,6 +157,9 @@ def test_real_images_from_the_folder_source(cifar_config, tmp_path):
     ("smoke,num_devices=2,ghost_batch_size=32", "does not divide the per-device batch"),
     ("smoke,lrr=0.1", "unknown config key 'lrr'"),
     ("smoke,source=folder,path=/nonexistent/cifar", "does not exist"),
+    ("smoke,keep_checkpoints=0", "train.keep_checkpoints=0 is not valid"),
+    ("smoke --config.train.lrr=1", "--config.train.lrr=1 names no config key (lrr Did you mean lr"),
+    ("smoke lr=0.1", "unexpected arguments 'lr=0.1'"),
 ])
 def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, message):
   workdir = tmp_path / "run"
@@ -156,9 +167,11 @@ def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, mes
   (workdir / "status.json").write_text('{"status": "running", "step": 8}')
   (workdir / "metrics.jsonl").write_text('{"step": 8, "test_acc": 0.5}\n')
   before = {p: hashlib.sha1(open(workdir / p, "rb").read()).hexdigest() for p in os.listdir(workdir)}
+  arg, *extra = arg.split(" ")
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "train.py"),
-       f"--config={os.path.join(ROOT, 'configs', 'cifar10_wrn.py')}:{arg}", f"--workdir={workdir}"],
+       f"--config={os.path.join(ROOT, 'configs', 'cifar10_wrn.py')}:{arg}", f"--workdir={workdir}",
+       *extra],
       capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert proc.returncode == 2, proc.stderr[-2000:]
@@ -167,6 +180,14 @@ def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, mes
   assert "Traceback" not in proc.stderr
   after = {p: hashlib.sha1(open(workdir / p, "rb").read()).hexdigest() for p in os.listdir(workdir)}
   assert after == before
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_before_any_work(cifar_config, tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ConfigError, match="is not a directory"):
+    train_and_evaluate(smoke(cifar_config), str(tmp_path / "a_file" / "run"))
+  with pytest.raises(ConfigError, match="exists and is not a directory"):
+    train_and_evaluate(smoke(cifar_config), str(tmp_path / "a_file"))
 
 
 def test_other_config_on_existing_run_is_refused(cifar_config, tmp_path):

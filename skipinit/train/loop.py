@@ -251,6 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                       f"{jax.process_count()} processes")
   rundir.check_config(workdir, config)
+  rundir.check_writable(workdir)
   existing = rundir.read_status(workdir)
   if existing and existing.get("status") in (COMPLETED, DIVERGED):
     logging.info("run in %s already ended (%s); not redone", workdir, existing["status"])
@@ -266,8 +267,11 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
   t = config.train
   exp = build_experiment(config, mesh)
   data, lr_fn, rep = exp.data, exp.lr_fn, sharding.replicated(mesh)
-  os.makedirs(workdir, exist_ok=True)
-  rundir.write_config(workdir, config)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    rundir.write_config(workdir, config)
+  except OSError as e:  # what check_writable cannot foresee (quotas, root squash, ...)
+    raise ConfigError(f"cannot write the run directory {workdir}: {e}") from None
   state = exp.init_state()
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints)
   restored, start = ckpt.restore(jax.tree.map(
@@ -325,7 +329,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
                   "test_loss": float(ev["loss"] / ev["count"]),
                   "test_acc": float(ev["correct"] / ev["count"]),
                   "lr": float(lr_fn(step - 1)), "examples_per_sec": float(rate),
-                  "wall_time": time.time() - run_start}
+                  "wall_time": log.resumed_wall_time + time.time() - run_start}
         log.write(record)
         logging.info("eval at epoch %.2f: test loss %.4f, test accuracy %.2f%%",
                      record["epoch"], record["test_loss"], 100 * record["test_acc"])
@@ -338,6 +342,8 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
       stop_now = _stop_everywhere(preempt)
       if step in ckpts or stop_now:
         ckpt.save(step, state)
+        if step < total:  # status.json says how far the run got (what a resume starts from)
+          rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe, total_steps=total)
       if stop_now and step < total:
         logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)
         ckpt.wait()

@@ -84,6 +84,21 @@ def check_config(workdir: str, config) -> None:
                       f"{'; ...' if len(diff) > 5 else ''}): use a new --workdir")
 
 
+def check_writable(workdir: str) -> None:
+  """Raises ConfigError, before anything is built, if `workdir` cannot be created or written."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir={workdir} exists and is not a directory")
+  existing = path
+  while not os.path.exists(existing):  # the nearest ancestor that exists is where mkdir writes
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"--workdir={workdir} cannot be created: {existing} is not a directory")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir={workdir} is not writable ({existing}: permission denied or a "
+                      "read-only file system): choose another --workdir")
+
+
 def write_config(workdir: str, config) -> None:
   atomic_write(os.path.join(workdir, "config.json"), cfg_lib.to_json(config))
 
@@ -93,6 +108,8 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    # wall_time of the last record kept: a resumed run's wall_time continues from it.
+    self.resumed_wall_time = 0.0
     self._truncate_after(resume_step)
     self._tb = None
     if _is_chief():
@@ -110,9 +127,11 @@ class MetricsLog:
     with open(self.path) as f:
       for line in f:
         try:
-          if json.loads(line)["step"] <= step:
+          record = json.loads(line)
+          if record["step"] <= step:
             keep.append(line if line.endswith("\n") else line + "\n")
-        except (json.JSONDecodeError, KeyError):
+            self.resumed_wall_time = float(record.get("wall_time", self.resumed_wall_time))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
           pass  # a line cut by preemption
     atomic_write(self.path, "".join(keep))
 
