@@ -22,34 +22,47 @@ STD = np.array([63.0, 62.1, 66.7], np.float32)
 IMAGE_SHAPE = (32, 32, 3)
 
 
-def _decode(data: bytes) -> np.ndarray:
-  from PIL import Image  # imported here: only the folder source decodes images
-  with Image.open(io.BytesIO(data)) as im:
-    arr = np.asarray(im.convert("RGB"), np.uint8)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm")
+
+
+def _is_image(name: str) -> bool:
+  """Image files by extension; hidden files (.DS_Store, macOS tar's ._* twins) are never images."""
+  return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError  # imported here: only the folder source decodes
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      arr = np.asarray(im.convert("RGB"), np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise DataError(f"{where} is not a readable image ({type(e).__name__}: {e}): repair or "
+                    "remove it") from None
   if arr.shape != IMAGE_SHAPE:
-    raise DataError(f"expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} RGB images, found one of shape "
-                    f"{arr.shape}")
+    raise DataError(f"{where}: expected {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} RGB images, found one of "
+                    f"shape {arr.shape}")
   return arr
 
 
 def _walk_members(path: str):
-  """Yields (split, class_name, file_name, read_bytes) for every image under train/ and test/."""
+  """Yields (split, class_name, where, read_bytes) for every image under train/ and test/."""
   if os.path.isdir(path):
     for split in ("train", "test"):
       for cls in CLASSES:
         folder = os.path.join(path, split, cls)
         if not os.path.isdir(folder):
           continue
-        for name in sorted(os.listdir(folder)):
+        for name in sorted(filter(_is_image, os.listdir(folder))):
           full = os.path.join(folder, name)
-          yield split, cls, name, lambda full=full: open(full, "rb").read()
+          yield split, cls, full, lambda full=full: open(full, "rb").read()
     return
   with tarfile.open(path, "r:*") as tar:
     members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
     for m in members:
       parts = m.name.strip("./").split("/")
-      if len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES:
-        yield parts[-3], parts[-2], parts[-1], lambda m=m: tar.extractfile(m).read()
+      if (len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES
+          and _is_image(parts[-1])):
+        yield parts[-3], parts[-2], f"{path}:{m.name}", lambda m=m: tar.extractfile(m).read()
 
 
 def read_folder(path: str) -> dict:
@@ -63,8 +76,8 @@ def read_folder(path: str) -> dict:
                     "(train/<class>/*.jpg, test/<class>/*.jpg) or a .tar.gz of one")
   images = {"train": [], "test": []}
   labels = {"train": [], "test": []}
-  for split, cls, _, read in _walk_members(path):
-    images[split].append(_decode(read()))
+  for split, cls, where, read in _walk_members(path):
+    images[split].append(_decode(read(), where))
     labels[split].append(CLASSES.index(cls))
   for split in ("train", "test"):
     if not images[split]:
