@@ -21,7 +21,7 @@ import traceback
 
 from absl import app, flags
 
-from skipinit import ConfigError
+from skipinit import ConfigError, config as cfg_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORMALIZERS = ("batchnorm", "skipinit", "fixup", "nf")
@@ -88,6 +88,11 @@ def main(argv):
   specs = _ROWS.value or (["@cpu"] if jax.default_backend() == "cpu" else ["@gpu"])
   try:
     rows = [benchmark.parse_row(r) for r in expand_rows(specs)]
+    for row in rows:  # every row's config, checked before the first compile
+      try:
+        cfg_lib.validate(benchmark.row_config(benchmark.fit_ghost_batch(row), _K.value))
+      except ConfigError as e:
+        raise ConfigError(f"row {row}: {e}") from None
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -124,6 +129,12 @@ def main(argv):
   targets = benchmark.check_targets(results)
   if targets:
     print(f"\nIssue 6 targets ({_reference_note(device)}):\n" + "\n".join(targets))
+  failed = [r for r in results if r.error]
+  if failed:
+    print(f"\n{len(failed)} of {len(results)} rows failed (their errors are in the table)",
+          file=sys.stderr)
+    return 1
+  return 0
 
 
 def _reference_note(device: str) -> str:

@@ -109,10 +109,10 @@ def test_script_writes_every_row_and_keeps_going_after_a_bad_one(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-       "--rows=10-1:batchnorm:12:float32,10-1:skipinit:8:float32", "--steps_per_dispatch=1",
+       "--rows=10-1:skipinit:12:float32,10-1:skipinit:8:float32", "--steps_per_dispatch=1",
        "--min_time_s=0", "--dispatches=3", f"--out_dir={tmp_path}", "--tag=t"],
       capture_output=True, text=True, env=env, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == 1 and "1 of 2 rows failed" in proc.stderr, proc.stderr[-3000:]
   [js] = [p for p in os.listdir(tmp_path) if p.endswith("_t.json")]
   data = json.load(open(tmp_path / js))
   bad, good = data["results"]
@@ -120,3 +120,20 @@ def test_script_writes_every_row_and_keeps_going_after_a_bad_one(tmp_path):
   assert good["error"] is None and good["examples_per_sec"] > 0
   assert "10-1:skipinit:8:float32" in data["command"]
   assert "WRN-10-1" in open(tmp_path / js.replace(".json", ".md")).read()
+
+
+def test_a_batchnorm_row_below_the_ghost_size_gets_a_ghost_that_divides_it():
+  row = benchmark.fit_ghost_batch(benchmark.parse_row("10-1:batchnorm:16:float32:num_devices=1"))
+  assert row.overrides == "num_devices=1+ghost_batch_size=16"
+  for text in ("10-1:batchnorm:128:float32:num_devices=1", "10-1:skipinit:16:float32",
+               "10-1:batchnorm:16:float32:ghost_batch_size=4"):
+    assert benchmark.fit_ghost_batch(benchmark.parse_row(text)) == benchmark.parse_row(text)
+
+
+def test_script_refuses_a_bad_row_before_compiling_anything(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+       "--rows=10-1:skipinit:8:float32,17-1:batchnorm:16:float32", f"--out_dir={tmp_path}"],
+      capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+  assert proc.returncode == 2 and os.listdir(tmp_path) == []
+  assert "error: row 17-1:batchnorm:16:float32: model.depth=17" in proc.stderr
