@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags
 
+from skipinit.errors import ConfigError, SkipInitError
+
 # Figure 3
 _NUM_BLOCKS = flags.DEFINE_integer("num_blocks", 10_000, "fig3: number of residual blocks d.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 15, "fig3: report the share of paths of length "
@@ -53,12 +55,28 @@ FIGURES = {
 }
 
 
+def _check_flags() -> None:
+  for flag, lowest in ((_NUM_BLOCKS, 1), (_MAX_LENGTH, 1), (_NUM_IMAGES, 2), (_WIDTH, 1),
+                       (_FC_BLOCKS, 1), (_FC_WIDTH, 1)):
+    if flag.value < lowest:
+      raise ConfigError(f"--{flag.name}={flag.value} must be >= {lowest}")
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in FIGURES:
-    raise app.UsageError(f"usage: make_figures.py {'|'.join(FIGURES)} [--out_dir=DIR] [flags]")
+    given = f"unknown figure {argv[1]!r}" if len(argv) == 2 else "name one figure"
+    print(f"error: {given}: use make_figures.py {'|'.join(FIGURES)} [--out_dir=DIR] [flags] "
+          "(--help lists the flags)", file=sys.stderr)
+    return 2
   stem, make = FIGURES[argv[1]]
   command = " ".join(["python", "scripts/make_figures.py"] + sys.argv[1:])
-  text = make(_OUT_DIR.value, command)
+  try:
+    _check_flags()
+    os.makedirs(_OUT_DIR.value, exist_ok=True)
+    text = make(_OUT_DIR.value, command)
+  except SkipInitError as e:  # bad depth, missing data, ...
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   print(text)
   with open(os.path.join(_OUT_DIR.value, f"{stem}.txt"), "w") as f:
     f.write(f"$ {command}\n{text}\n")

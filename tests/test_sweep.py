@@ -286,3 +286,10 @@ def test_each_skipinit_method_builds_the_network_its_label_names():
                "skipinit_inv_sqrt_d"):
     assert recipe(name).conv_bias, name
   assert recipe("skipinit_reg") != recipe("skipinit_nobias")
+
+
+def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, monkeypatch):
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+  with pytest.raises(spec.SweepError, match="found no GPUs"):
+    _launch(CHEAP_DEPTH, tmp_path / "sw", executor="gpus")
+  assert not (tmp_path / "sw").exists()  # a later launch with another grid is not refused

@@ -110,6 +110,9 @@ def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
   assert float(bn128["best_lr"]) == 0.25 and float(bn128["test_acc_mean"]) == pytest.approx(76.0)
   assert float(bn128["best_lr_by_train_loss"]) == 0.25
   assert (bn128["runs_finished"], bn128["runs_expected"]) == ("5", "6")
+  # 0.5 has not finished, so 0.25 is only a lower bound; at bs 64 BN's 0.5 diverged: exact.
+  assert float(bn128["largest_stable_lr"]) == 0.25 and bn128["largest_stable_lr_is_lower_bound"] == "True"
+  assert bn64["largest_stable_lr_is_lower_bound"] == "False"
 
   si128 = rows[(128, "skipinit_a0")]
   assert si128["status"] == "diverged" and si128["best_lr"] == "" and si128["largest_stable_lr"] == ""
@@ -118,7 +121,7 @@ def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
   assert "| 64 | BatchNorm | 0.25 | 92.00 ± 1.41 | 0.125* | 0.3100 | 91.00 ± 1.41 | 0.25 | 6/6 |" in md
   assert "| 64 | SkipInit (α=0) | 0.25 | 85.00 ± 0.00 | 0.5* | 0.4200 | 84.00 ± 2.83 | ≥ 0.5 | 6/6 |" in md
   assert "| 128 | SkipInit (α=0) | diverged | diverged |" in md
-  assert "| 5/6 † |" in md
+  assert "| ≥ 0.25 | 5/6 † |" in md
   assert "1 of 24 runs are not finished" in md
   assert "missing: " + str(bs_dir / "batchnorm/bs128_lr0.5_seed1") in md
   per_run = _csv(out / "batch_size_table_runs.csv")

@@ -8,7 +8,8 @@ section 4:
     (a diverged run is a failure, never a number); otherwise *incomplete*;
   * the best learning rate maximizes the mean test accuracy over seeds among ok learning rates;
     the batch-size study also reports the one that minimizes the mean final training loss;
-  * the largest stable learning rate is the largest ok one ("≥" when it is the top of the grid);
+  * the largest stable learning rate is the largest ok one ("≥" when it is only a lower bound: the
+    top of the grid, or the next rate up has not finished);
   * a cell is "diverged" when every learning rate diverged.
 Mean +- std is over seeds (sample std, ddof=1). Unfinished runs (missing, failed, running or
 interrupted) are listed under every table and counted in its "runs" column, never averaged in.
@@ -166,6 +167,14 @@ class Group:
     return max(self.ok, key=lambda c: c.lr, default=None)
 
   @property
+  def largest_stable_is_lower_bound(self) -> bool:
+    """Whether the largest stable rate is only a lower bound: exact only when the next rate up
+    diverged, not when it is the top of the grid or the next rate has not finished yet."""
+    stable = self.largest_stable
+    above = sorted((c for c in self.cells if stable and c.lr > stable.lr), key=lambda c: c.lr)
+    return stable is not None and (not above or above[0].state != "diverged")
+
+  @property
   def status(self) -> str:
     if self.ok:
       return "ok"
@@ -275,6 +284,7 @@ def _record(group: Group, **fields) -> dict:
       "test_acc_at_best_lr_by_train_loss": _round(best_loss.acc_mean) if best_loss else None,
       "largest_stable_lr": stable.lr if stable else None,
       "largest_stable_lr_is_grid_top": bool(stable) and stable.lr == max(c.lr for c in group.cells),
+      "largest_stable_lr_is_lower_bound": group.largest_stable_is_lower_bound,
       "lrs_tried": len(group.cells),
       "lrs_diverged": sum(c.state == "diverged" for c in group.cells),
       "runs_finished": group.n_finished,
@@ -330,17 +340,18 @@ def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) ->
       if g.status == "diverged":
         cells = ["diverged"] * 6
       else:
-        top = stable is not None and stable.lr == max(c.lr for c in g.cells)
         cells = [fmt_lr(best.lr if best else None) + ("*" if g.at_edge(best) else ""), fmt_acc(best),
                  fmt_lr(best_loss.lr if best_loss else None) + ("*" if g.at_edge(best_loss) else ""),
                  f"{best_loss.loss_mean:.4f}" if best_loss else "—", fmt_acc(best_loss),
-                 ("≥ " if top else "") + fmt_lr(stable.lr if stable else None)]
+                 ("≥ " if g.largest_stable_is_lower_bound else "")
+                 + fmt_lr(stable.lr if stable else None)]
       rows.append([str(bs), label(m), *cells, f"{g.n_finished}/{g.n_expected}{_progress_mark(g)}"])
       records.append(_record(g, batch_size=bs, method=m))
   notes = ["Best lr (test acc): the learning rate with the best mean test accuracy over seeds; "
            "best lr (train loss): the one with the lowest mean final training loss; both among "
            "learning rates where every seed completed. Largest stable lr: the largest learning rate "
-           "at which no seed diverged (≥: the top of the grid). * at the edge of the grid (widen "
+           "at which no seed diverged (≥: a lower bound, the top of the grid or below a rate "
+           "that has not finished). * at the edge of the grid (widen "
            "lr_exps). † unfinished runs in the cell.", *warnings]
   return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)}, CIFAR-10)",
                header, rows, records, list(runs), notes, groups)

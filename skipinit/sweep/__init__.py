@@ -38,6 +38,14 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
   definition = load_sweep(sweep)
   runs = expand(definition)
   m = spec.manifest(definition, runs)
+  # The executor's needs are checked before the manifest pins the sweep directory.
+  gpu_list = None
+  if executor == "gpus" and not dry_run:
+    gpu_list = list(gpus) if gpus else executors.detect_gpus()
+    executors.check_gpus(gpu_list)
+  if executor == "slurm" and not dry_run:
+    from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
+    slurm.check_available(slurm_cluster)
   if dry_run:
     spec.check_manifest(sweep_dir, m)  # a dry run never writes, but still says if the dir differs
   else:
@@ -81,7 +89,6 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
         state = job.result()
         outcomes[state] = outcomes.get(state, 0) + 1
   elif executor == "gpus":
-    gpu_list = list(gpus) if gpus else executors.detect_gpus()
     outcomes = executors.run_gpus(sweep_dir, todo, config, config_arg, gpu_list, train_script, log)
   else:
     outcomes = executors.run_local(sweep_dir, todo, config, config_arg, train_script, log)

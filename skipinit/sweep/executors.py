@@ -237,6 +237,12 @@ def detect_gpus() -> list[str]:
   return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def check_gpus(gpus: Sequence[str]) -> None:
+  if not gpus:
+    raise SweepError("--executor=gpus found no GPUs (no CUDA_VISIBLE_DEVICES, no nvidia-smi): pass "
+                     "--gpus=0,1,... or use --executor=local")
+
+
 def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, gpus: Sequence[str],
              train_script: str | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
   """One worker per entry of `gpus`, each training one run at a time on its own GPU.
@@ -244,9 +250,7 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
   A GPU id listed twice ("0,0,1,1") runs two small runs on it at once; JAX then allocates memory on
   demand instead of grabbing most of the GPU per process.
   """
-  if not gpus:
-    raise SweepError("--executor=gpus found no GPUs (no CUDA_VISIBLE_DEVICES, no nvidia-smi): pass "
-                     "--gpus=0,1,... or use --executor=local")
+  check_gpus(gpus)
   shared = len(set(gpus)) < len(gpus)
   todo: queue.Queue = queue.Queue()
   for i, run in enumerate(runs):

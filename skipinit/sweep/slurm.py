@@ -35,6 +35,15 @@ class RunTask(submitit.helpers.Checkpointable if submitit else object):
                    train_script=self.train_script, worker=f"slurm{job}")
 
 
+def check_available(cluster: str | None = None) -> None:
+  """Raises SweepError unless submitit, and (for the real cluster) SLURM's sbatch, are here."""
+  if submitit is None:
+    raise SweepError("--executor=slurm needs submitit: pip install -e .[slurm]")
+  if cluster is None and shutil.which("sbatch") is None:
+    raise SweepError("--executor=slurm: no SLURM here (sbatch is not on PATH); use "
+                     "--executor=local or --executor=gpus")
+
+
 def submit(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, params: dict,
            cluster: str | None = None, train_script: str | None = None, job_name: str = "sweep"):
   """Submits the runs as one job array; returns the submitit jobs.
@@ -43,11 +52,7 @@ def submit(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, pa
   slurm_account, timeout_min, gpus_per_node). `cluster="local"` or `"debug"` runs the array on this
   machine through submitit, for testing; then this call waits for the jobs.
   """
-  if submitit is None:
-    raise SweepError("--executor=slurm needs submitit: pip install -e .[slurm]")
-  if cluster is None and shutil.which("sbatch") is None:
-    raise SweepError("--executor=slurm: no SLURM here (sbatch is not on PATH); use "
-                     "--executor=local or --executor=gpus")
+  check_available(cluster)
   folder = os.path.join(os.path.abspath(sweep_dir), "slurm", "%j")
   executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm")
   merged = {**DEFAULTS, **params}
