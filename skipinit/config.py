@@ -24,6 +24,12 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 SCHEDULES = ("paper_halving", "cosine", "constant", "step")
 OPTIMIZERS = ("sgd",)
 DATA_SOURCES = ("tfds", "folder", "synthetic")
+# Keys that may change between a run and its resumption without changing its results (where the
+# data lives, how the work is split): a run directory and a sweep directory accept new values.
+RESUMABLE_KEYS = frozenset({
+    "train.num_devices", "train.steps_per_dispatch", "train.log_every_steps",
+    "train.eval_batch_size", "data.cache_dir", "data.num_workers", "data.path", "data.data_dir",
+    "model.remat", "model.scan_unroll"})
 
 
 def base_config(**model_defaults) -> ml_collections.ConfigDict:

@@ -293,3 +293,24 @@ def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, mon
   with pytest.raises(spec.SweepError, match="found no GPUs"):
     _launch(CHEAP_DEPTH, tmp_path / "sw", executor="gpus")
   assert not (tmp_path / "sw").exists()  # a later launch with another grid is not refused
+
+
+def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunches(tmp_path):
+  """The real trainer refuses a missing data path (exit 2, nothing written); the sweep records it.
+  Where the data lives is not part of the sweep's identity: the corrected launch is accepted."""
+  arg = ("preset=smoke,depth=10,width=1,epochs=1,seeds=1,batch_exps=5,lr_exps=-2,"
+         "methods=batchnorm,train.num_devices=1,data.source=folder,data.path=")
+  d = tmp_path / "sw"
+  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/no/such/cifar", d)
+  assert rc == 1 and "REFUSED: error: data.path='/no/such/cifar' does not exist" in logs[-3]
+  status = json.loads((d / "batchnorm" / "status.json").read_text())
+  assert status["status"] == "failed" and "does not exist" in status["error"]
+  classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
+  assert [r.name for r in classes["failed"]] == ["batchnorm"]
+  # Another grid is still refused; another data path is not.
+  with pytest.raises(spec.SweepError, match="holds a different sweep"):
+    _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg.replace("lr_exps=-2", "lr_exps=-3")
+            + "/no/such/cifar", d, dry_run=True)
+  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/elsewhere", d,
+                     dry_run=True)
+  assert rc == 0 and "1 failed" in logs[0]

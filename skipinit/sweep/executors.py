@@ -190,6 +190,10 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       state = "interrupted"
     elif returncode != 0 and state not in rundir.FINISHED:
       state = "failed"  # e.g. killed before it could write status.json
+      if returncode == 2 and rundir.read_status(run_dir) is None:
+        # The trainer refused its config or data and, by its contract, wrote nothing: say so
+        # here, or every later listing and table would call the run new or missing.
+        _write_refused_status(run_dir)
     _record_attempt(sweep_dir, {
         "run": run.name, "state": state, "returncode": returncode, "worker": worker,
         "host": socket.gethostname(), "start": round(start, 1),
@@ -201,12 +205,22 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
     lock.release()
 
 
+def _write_refused_status(run_dir: str) -> None:
+  with open(os.path.join(run_dir, rundir.LOG)) as f:
+    errors = [line.strip() for line in f if line.startswith("error:")]
+  message = errors[-1] if errors else "error: the trainer refused its input (exit 2)"
+  with open(os.path.join(run_dir, "status.json"), "w") as f:
+    json.dump({"status": "failed", "refused": True, "error": message}, f)
+
+
 def _describe(run: Run, state: str, sweep_dir: str) -> str:
   status = rundir.read_status(os.path.join(sweep_dir, run.name)) or {}
   if state == "completed" and "test_acc" in status:
     return f"completed (test_acc {status['test_acc']:.4g})"
   if state == "diverged":
     return f"diverged at step {status.get('diverged_step', '?')}"
+  if state == "failed" and status.get("refused"):
+    return f"REFUSED: {status['error']}"
   if state == "failed":
     return f"FAILED: see {os.path.join(sweep_dir, run.name, rundir.LOG)}"
   return state

@@ -311,8 +311,13 @@ def runs_from_manifest(m: dict) -> list[Run]:
 
 
 def _identity(m: dict) -> tuple:
+  """What makes two manifests the same sweep: the runs and what they train, not where the data
+  lives or how the work is split (cfg_lib.RESUMABLE_KEYS), so that a relaunch can fix a data path."""
+  def results_keys(overrides):
+    return json.dumps({k: v for k, v in overrides.items() if k not in cfg_lib.RESUMABLE_KEYS},
+                      sort_keys=True)
   return (m["table"], m["config_arg"], os.path.basename(m["config"]),
-          [(r["name"], r["method"], json.dumps(r["overrides"], sort_keys=True)) for r in m["runs"]])
+          [(r["name"], r["method"], results_keys(r["overrides"])) for r in m["runs"]])
 
 
 def check_manifest(sweep_dir: str, m: dict) -> bool:

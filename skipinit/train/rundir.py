@@ -14,10 +14,7 @@ from absl import logging
 from skipinit import config as cfg_lib
 from skipinit.errors import ConfigError
 
-# Keys that may change between a run and its resumption without changing its results.
-RESUMABLE_KEYS = {"train.num_devices", "train.steps_per_dispatch", "train.log_every_steps",
-                  "train.eval_batch_size", "data.cache_dir", "data.num_workers", "data.path",
-                  "data.data_dir", "model.remat", "model.scan_unroll"}
+RESUMABLE_KEYS = cfg_lib.RESUMABLE_KEYS
 
 
 def _is_chief() -> bool:
