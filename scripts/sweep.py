@@ -63,8 +63,9 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 2
   except sweep_lib.executors.Terminated:
-    print("terminated (SIGTERM): the trainers stopped at a checkpoint; launch the same command "
-          "again to resume", file=sys.stderr)
+    print("terminated (SIGTERM): the trainers were stopped (each checkpoints at its next "
+          "boundary; one not done within 30 s was killed and resumes from its last checkpoint); "
+          "launch the same command again to resume", file=sys.stderr)
     return 143
   except KeyboardInterrupt:
     print("interrupted: launch the same command again to resume", file=sys.stderr)

@@ -67,7 +67,7 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       eval_batch_size=1000,
       steps_per_dispatch=8,      # train steps fused into one jitted call (lax.scan) on device data
       num_devices=0,             # 0: every local device
-      fixup_scalar_lr_mult=0.1,  # Fixup's scalar biases and multipliers train at lr/10
+      fixup_scalar_lr_mult=0.1,  # Fixup's scalar biases, multipliers, classifier bias: lr/10
       agc_clip=0.0, agc_eps=1e-3,  # adaptive gradient clipping lambda; 0 = off
       log_every_steps=100)
   return c

@@ -313,4 +313,9 @@ def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunche
             + "/no/such/cifar", d, dry_run=True)
   rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/elsewhere", d,
                      dry_run=True)
-  assert rc == 0 and "1 failed" in logs[0]
+  assert rc == 0 and "1 failed" in logs[0] and "--config.data.path=/elsewhere" in logs[-1]
+  # Relaunched for real: refused again (this attempt's reason), and sweep.json names the new path.
+  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/elsewhere", d)
+  assert rc == 1 and "data.path='/elsewhere' does not exist" in logs[-3]
+  assert "/elsewhere" in json.loads((d / "batchnorm" / "status.json").read_text())["error"]
+  assert spec.read_manifest(str(d))["arg"].endswith("data.path=/elsewhere")

@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 
 import numpy as np
+from absl import logging
 
 from skipinit.errors import DataError
 
@@ -44,25 +45,31 @@ def _decode(data: bytes, where: str) -> np.ndarray:
   return arr
 
 
-def _walk_members(path: str):
-  """Yields (split, class_name, where, read_bytes) for every image under train/ and test/."""
+def _walk_members(path: str, skipped: list):
+  """Yields (split, class_name, where, read_bytes) for every image under train/ and test/;
+  appends to `skipped` the other visible files found in the class folders."""
   if os.path.isdir(path):
     for split in ("train", "test"):
       for cls in CLASSES:
         folder = os.path.join(path, split, cls)
         if not os.path.isdir(folder):
           continue
-        for name in sorted(filter(_is_image, os.listdir(folder))):
+        for name in sorted(os.listdir(folder)):
           full = os.path.join(folder, name)
-          yield split, cls, full, lambda full=full: open(full, "rb").read()
+          if _is_image(name):
+            yield split, cls, full, lambda full=full: open(full, "rb").read()
+          elif not name.startswith("."):
+            skipped.append(full)
     return
   with tarfile.open(path, "r:*") as tar:
     members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
     for m in members:
       parts = m.name.strip("./").split("/")
-      if (len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES
-          and _is_image(parts[-1])):
-        yield parts[-3], parts[-2], f"{path}:{m.name}", lambda m=m: tar.extractfile(m).read()
+      if len(parts) >= 3 and parts[-3] in ("train", "test") and parts[-2] in CLASSES:
+        if _is_image(parts[-1]):
+          yield parts[-3], parts[-2], f"{path}:{m.name}", lambda m=m: tar.extractfile(m).read()
+        elif not parts[-1].startswith("."):
+          skipped.append(f"{path}:{m.name}")
 
 
 def read_folder(path: str) -> dict:
@@ -76,9 +83,13 @@ def read_folder(path: str) -> dict:
                     "(train/<class>/*.jpg, test/<class>/*.jpg) or a .tar.gz of one")
   images = {"train": [], "test": []}
   labels = {"train": [], "test": []}
-  for split, cls, where, read in _walk_members(path):
+  skipped = []
+  for split, cls, where, read in _walk_members(path, skipped):
     images[split].append(_decode(read(), where))
     labels[split].append(CLASSES.index(cls))
+  if skipped:
+    logging.warning("skipped %d files that are not images (by extension: %s), e.g. %s",
+                    len(skipped), " ".join(IMAGE_EXTENSIONS), skipped[0])
   for split in ("train", "test"):
     if not images[split]:
       raise DataError(f"no {split} images found under {path!r}: expected {split}/<class>/<image> "

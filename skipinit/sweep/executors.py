@@ -139,9 +139,12 @@ def sigterm_stops_trainers():
   time to checkpoint, its attempt is recorded, and nothing is left running without its sweep
   (an orphaned trainer would also keep its run's lock, so a relaunch would skip the run as busy).
   """
+  received = []
+
   def handle(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stopping
-    raise Terminated()
+    if not received:  # a second SIGTERM must not cut the stopping short (and no SIG_IGN: the
+      received.append(signum)  # trainers started meanwhile would inherit it)
+      raise Terminated()
 
   previous = signal.signal(signal.SIGTERM, handle)
   try:
@@ -171,6 +174,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
                 f"{socket.gethostname()} {worker}\n$ {' '.join(cmd)}\n")
       log.flush()
+      attempt_start = log.tell()
       # pass_fds: the trainer inherits the lock, so it stays held while training even if this
       # worker dies; closing our copy later does not release the trainer's.
       p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -190,10 +194,11 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       state = "interrupted"
     elif returncode != 0 and state not in rundir.FINISHED:
       state = "failed"  # e.g. killed before it could write status.json
-      if returncode == 2 and rundir.read_status(run_dir) is None:
+      previous = rundir.read_status(run_dir)
+      if returncode == 2 and (previous is None or previous.get("refused")):
         # The trainer refused its config or data and, by its contract, wrote nothing: say so
         # here, or every later listing and table would call the run new or missing.
-        _write_refused_status(run_dir)
+        _write_refused_status(run_dir, attempt_start)
     _record_attempt(sweep_dir, {
         "run": run.name, "state": state, "returncode": returncode, "worker": worker,
         "host": socket.gethostname(), "start": round(start, 1),
@@ -205,12 +210,14 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
     lock.release()
 
 
-def _write_refused_status(run_dir: str) -> None:
+def _write_refused_status(run_dir: str, log_offset: int) -> None:
+  """status.json of a run the trainer refused, with the error line of this attempt's log."""
   with open(os.path.join(run_dir, rundir.LOG)) as f:
+    f.seek(log_offset)
     errors = [line.strip() for line in f if line.startswith("error:")]
   message = errors[-1] if errors else "error: the trainer refused its input (exit 2)"
-  with open(os.path.join(run_dir, "status.json"), "w") as f:
-    json.dump({"status": "failed", "refused": True, "error": message}, f)
+  rundir.write_json_atomic(os.path.join(run_dir, rundir.STATUS),
+                           {"status": "failed", "refused": True, "error": message})
 
 
 def _describe(run: Run, state: str, sweep_dir: str) -> str:
@@ -302,11 +309,11 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
         log(f"[{i + 1}/{len(runs)}] gpu {gpu}: {run.name}: {_describe(run, state, sweep_dir)}")
 
   threads = [threading.Thread(target=worker, args=(g, s), daemon=True) for s, g in enumerate(gpus)]
-  for t in threads:
-    t.start()
   # An Event, not Thread.join: a join that a signal interrupts can leave the thread looking
   # finished (CPython gh-90882), and the workers must be waited for after an interrupt too.
   try:
+    for t in threads:
+      t.start()
     while not all_done.wait(0.5):
       pass
   except KeyboardInterrupt:

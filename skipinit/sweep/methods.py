@@ -14,9 +14,9 @@ DEFAULT_DROPOUT = 0.2
 
 def method_overrides(dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
   """Name -> config overrides of every method a sweep may use (PAPER.md section 3)."""
-  # SkipInit as the authors' code builds it: biases in every block conv (the recipe's default),
-  # spelt out so that each method below says exactly which network it is.
-  skipinit0 = {"model.normalizer": "skipinit", "model.alpha_init": "0", "model.conv_bias": True}
+  # SkipInit as the authors' code builds it: biases in every block conv (the recipe's default;
+  # not spelt out here, so that sweep directories made before skipinit_nobias existed relaunch).
+  skipinit0 = {"model.normalizer": "skipinit", "model.alpha_init": "0"}
   return {
       "batchnorm": {"model.normalizer": "batchnorm"},
       "skipinit_a0": dict(skipinit0),

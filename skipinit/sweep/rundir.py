@@ -2,7 +2,8 @@
 
 The run-directory files are the trainer's contract (DESIGN.md): config.json, metrics.jsonl,
 status.json ({"status": "running|completed|diverged|failed", ...}), checkpoints/. The sweep adds
-two files of its own that nothing else reads: `.lock` and `train.log` (the trainer's output).
+two files of its own that nothing else reads: `.lock` and `train.log` (the trainer's output), and
+writes status.json itself only for a run the trainer refused (bad input: it writes nothing).
 
 The lock is an fcntl.flock on `.lock`, held by the worker and inherited by the training process:
 the kernel drops it when both exit, so a killed worker never leaves a stale lock behind, and a
@@ -31,6 +32,14 @@ def read_json(path: str):
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+def write_json_atomic(path: str, value) -> None:
+  """Writes JSON through a temporary file and a rename: a reader never sees half of it."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
 
 
 def read_status(run_dir: str) -> dict | None:

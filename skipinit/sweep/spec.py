@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from skipinit import config as cfg_lib
 from skipinit.errors import ConfigError, SkipInitError
+from skipinit.sweep import rundir
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -334,12 +335,13 @@ def check_manifest(sweep_dir: str, m: dict) -> bool:
 
 
 def write_manifest(sweep_dir: str, m: dict) -> None:
-  """Writes sweep.json, or checks that an existing one describes the same runs."""
-  if check_manifest(sweep_dir, m):
+  """Writes sweep.json, after checking that an existing one describes the same runs.
+
+  The same runs with a new data path (say) are rewritten, so that the manifest, and the
+  command a refusal quotes, name the launch that now trains them.
+  """
+  path = os.path.join(sweep_dir, MANIFEST)
+  if check_manifest(sweep_dir, m) and read_manifest(sweep_dir) == json.loads(json.dumps(m)):
     return
   os.makedirs(sweep_dir, exist_ok=True)
-  path = os.path.join(sweep_dir, MANIFEST)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(m, f, indent=1)
-  os.replace(tmp, path)  # atomic: a concurrent launcher never reads half a manifest
+  rundir.write_json_atomic(path, m)  # atomic: a concurrent launcher never reads half a manifest

@@ -148,8 +148,9 @@ def row_config(row: Row, steps_per_dispatch: int):
 
 
 def fit_ghost_batch(row: Row, steps_per_dispatch: int = 1) -> Row:
-  """A BatchNorm row whose per-device batch the default ghost size (64) does not divide gets the
-  largest ghost batch that does, as the batch-size sweep does, said in the row's overrides."""
+  """A BatchNorm row whose per-device batch the default ghost size (64) does not divide gets
+  gcd(64, per-device batch) instead (for the powers of two the batch-size sweep uses, its
+  min(64, batch)), said in the row's overrides."""
   config = row_config(row, steps_per_dispatch)
   ghost = config.model.ghost_batch_size
   per_device, rest = divmod(config.train.batch_size, config.train.num_devices or jax.device_count())

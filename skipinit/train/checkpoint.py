@@ -47,11 +47,12 @@ class Checkpointer:
                            f"{tried}): is it on a filesystem that every host shares?")
       if step < 0:
         corrupt = sorted(glob.glob(os.path.join(self.directory, CORRUPT_PREFIX + "*")))
-        if corrupt:
+        if any(_gather(bool(corrupt))):  # agreed: a process that started alone would hang
           raise CheckpointError(
               f"no checkpoint in {self.directory} can be restored: "
-              f"{', '.join(os.path.basename(c) for c in corrupt)} did not read back. Move a good "
-              "copy back (as checkpoints/<step>) to resume, or start afresh in a new --workdir")
+              f"{', '.join(os.path.basename(c) for c in corrupt) or 'its steps'} did not read "
+              "back. Move a good copy back (as checkpoints/<step>) to resume, or start afresh in "
+              "a new --workdir")
         return None, 0
       error = None
       try:

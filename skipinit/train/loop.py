@@ -251,11 +251,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                       f"{jax.process_count()} processes")
   rundir.check_config(workdir, config)
-  rundir.check_writable(workdir)
   existing = rundir.read_status(workdir)
   if existing and existing.get("status") in (COMPLETED, DIVERGED):
     logging.info("run in %s already ended (%s); not redone", workdir, existing["status"])
-    return existing
+    return existing  # (also from a read-only copy of the run)
+  rundir.check_writable(workdir)
   # SIGTERM from here on means "stop at the next boundary (checkpointed), then exit": also while
   # compiling and restoring, so that no process of a multi-host run dies alone while the others
   # wait for it in a collective.
@@ -342,7 +342,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
       stop_now = _stop_everywhere(preempt)
       if step in ckpts or stop_now:
         ckpt.save(step, state)
-        if step < total:  # status.json says how far the run got (what a resume starts from)
+        if step < total:  # status.json: how far the run got (the checkpoint saved or being saved)
           rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe, total_steps=total)
       if stop_now and step < total:
         logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)

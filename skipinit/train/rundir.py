@@ -39,7 +39,7 @@ def read_status(workdir: str) -> dict | None:
   path = os.path.join(workdir, "status.json")
   try:
     return read_json(path)
-  except (FileNotFoundError, json.JSONDecodeError):
+  except (OSError, json.JSONDecodeError):  # missing, or the workdir is no directory
     return None
 
 
