@@ -198,6 +198,16 @@ def test_other_config_on_existing_run_is_refused(cifar_config, tmp_path):
   assert open(tmp_path / "config.json").read() == before
 
 
+def test_a_key_added_since_a_run_was_made_counts_as_its_default(cifar_config, tmp_path):
+  """A run directory from before a config key existed resumes while the key is at its default."""
+  old = json.loads(rundir.cfg_lib.to_json(smoke(cifar_config)))
+  del old["model"]["dropout_rate"]  # as if the run predated model.dropout_rate
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  rundir.check_config(str(tmp_path), smoke(cifar_config))
+  with pytest.raises(ConfigError, match=r"model.dropout_rate: None -> 0.2"):
+    rundir.check_config(str(tmp_path), smoke(cifar_config, "dropout_rate=0.2"))
+
+
 def test_offline_tfds_says_how_to_use_the_folder_source(cifar_config, tmp_path):
   cfg = smoke(cifar_config, f"source=tfds,data_dir={tmp_path / 'tfds'}")
   with pytest.raises(DataError, match="data.source=folder"):

@@ -64,7 +64,9 @@ def check_config(workdir: str, config) -> None:
   """Raises ConfigError if `workdir` already holds a run made with a different config.
 
   A different config is an error rather than an overwrite: the checkpoints there belong to the
-  old config and must not be mixed with the new one. Keys in RESUMABLE_KEYS may differ.
+  old config and must not be mixed with the new one. Keys in RESUMABLE_KEYS may differ, and a key
+  the old config.json lacks (one added to the framework since) counts as its default value, so
+  that adding a key never strands the runs made before it.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -74,8 +76,9 @@ def check_config(workdir: str, config) -> None:
     old = _flat(read_json(path))
   except json.JSONDecodeError:
     raise ConfigError(f"{path} is not valid JSON: repair or remove it, or use a new --workdir") from None
+  defaults = _flat(json.loads(cfg_lib.to_json(cfg_lib.base_config())))
   diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
-          if k not in RESUMABLE_KEYS and old.get(k) != v]
+          if k not in RESUMABLE_KEYS and old.get(k, defaults.get(k)) != v]
   if diff:
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({'; '.join(diff[:5])}"
                       f"{'; ...' if len(diff) > 5 else ''}): use a new --workdir")
