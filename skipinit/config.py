@@ -46,7 +46,8 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       conv_bias=config_dict.placeholder(bool),  # None: the recipe's default (on without BN)
       dropout_rate=0.0, dtype="float32", remat=False, num_classes=10,
       scan_unroll=0,             # blocks per nn.scan iteration; 0: auto (unrolls short stages on CPU)
-      nf_alpha=0.2, nf_skip_gain_init=0.0)
+      nf_alpha=0.2, nf_skip_gain_init=0.0,
+      post_activation=False)     # fixup: its reference code's post-activation network
   model.update(model_defaults)
   c.model = model
   c.data = dict(

@@ -84,9 +84,11 @@ def branch_vars(cfg, x):
                          if k[-1] == "branch_var"])
 
 
-@pytest.mark.parametrize("name,depth", [("wrn", 22), ("resnet_v2", 14)])
-def test_fixup_residual_branches_output_zero_at_init(name, depth):
-  cfg = model_config(name=name, depth=depth, width=1 if name == "wrn" else 0.125, normalizer="fixup")
+@pytest.mark.parametrize("name,depth,post", [("wrn", 22, False), ("resnet_v2", 14, False),
+                                             ("wrn", 22, True), ("resnet_v2", 14, True)])
+def test_fixup_residual_branches_output_zero_at_init(name, depth, post):
+  cfg = model_config(name=name, depth=depth, width=1 if name == "wrn" else 0.125, normalizer="fixup",
+                     post_activation=post)
   v = branch_vars(cfg, images())
   assert v.size >= 3 and np.all(v == 0.0)
   # The unnormalized baseline's branches are not zero: the probe measures something.
@@ -106,6 +108,45 @@ def test_fixup_init_scales_branch_convs_by_depth():
   assert abs(float(jnp.std(proj)) / np.sqrt(2.0 / proj.shape[-1]) - 1) < 0.1
   assert float(jnp.abs(params["stage1_blocks"]["conv1"]["kernel"]).max()) == 0.0
   assert float(jnp.abs(params["classifier"]["kernel"]).max()) == 0.0
+
+
+def test_post_activation_fixup_is_the_reference_network():
+  """Fixup's reference block (official code, DeepMind's fixup_resnet.py), written out by hand and
+  compared with the model on random weights, every scalar bias and multiplier included:
+  o = x + b1a; skip = proj(o) or x; y = conv0(o); y = relu(y + b1b) + b2a; y = conv1(y);
+  out = relu(skip + y * scale + b2b). Stem: relu(conv(x) + b); head: pool, + b, linear."""
+  cfg = model_config(depth=10, width=1, normalizer="fixup", post_activation=True)  # 1 block/stage
+  m, x = models.build_model(cfg), images()
+  flat = flax.traverse_util.flatten_dict(init(cfg, x)["params"])
+  keys = jax.random.split(jax.random.key(3), len(flat))
+  p = flax.traverse_util.unflatten_dict(
+      {k: 0.5 * jax.random.normal(r, v.shape) for r, (k, v) in zip(keys, flat.items())})
+  conv = lambda h, k, s=1: jax.lax.conv_general_dilated(h, k, (s, s), "SAME",
+                                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  h = jax.nn.relu(conv(x, p["stem"]["kernel"]) + p["stem_bias"])
+  for stage, stride in ((0, 1), (1, 2), (2, 2)):
+    b = p[f"stage{stage}_block0"]
+    o = h + b["conv0_bias"]
+    skip = conv(o, b["proj"]["kernel"], stride) if "proj" in b else h
+    y = jax.nn.relu(conv(o, b["conv0"]["kernel"], stride) + b["norm1_bias"]) + b["conv1_bias"]
+    y = conv(y, b["conv1"]["kernel"])
+    h = jax.nn.relu(skip + y * b["scale"] + b["branch_bias"])
+  expected = ((jnp.mean(h, axis=(1, 2)) + p["head_bias"]) @ p["classifier"]["kernel"]
+              + p["classifier"]["bias"])
+  got = jit_apply(m, train=True)({"params": p}, x)
+  assert float(jnp.abs(expected).max()) > 1e-2
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  # The pre-activation port has one scalar bias more per block (before its input activation),
+  # one before the final activation, and none after the stem.
+  pre = init(model_config(depth=10, width=1, normalizer="fixup"), x)["params"]
+  n = lambda params: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+  assert n(pre) - n(p) == models.num_residual_blocks(cfg)
+  assert "stem_bias" not in pre and "final_norm_bias" in pre and "final_norm_bias" not in p
+
+
+def test_post_activation_is_refused_where_it_is_not_implemented():
+  with pytest.raises(ConfigError, match="post_activation=true is implemented for fixup only"):
+    models.build_model(model_config(normalizer="batchnorm", post_activation=True))
 
 
 def test_ghost_batchnorm_equals_batchnorm_of_each_chunk():

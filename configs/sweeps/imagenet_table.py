@@ -14,6 +14,8 @@ Run (full budget: 3 batch sizes x 4 methods x 4 learning rates x 1 seed = 48 Res
 
 Knobs: epochs=90, seeds=1, lr_exps=-2:1, batch_sizes=256;1024;4096, base_lr=0.1 (per 256 examples),
 dropout=0.2, depth=50, methods=batchnorm;fixup;skipinit_bias;skipinit_reg, preset=NAME, full keys.
+methods=...;fixup_post;... adds Fixup as its reference code builds it (post-activation), the
+network of published Fixup numbers; "fixup" is the pre-activation port all other rows share.
 """
 
 from skipinit.sweep import methods as methods_lib

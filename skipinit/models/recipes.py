@@ -34,12 +34,14 @@ class Recipe:
   out_scale: float = 1.0
   # Fixup (Zhang et al. 2019): scalar biases before convs/activations/classifier and a branch bias;
   # last branch conv zero, the others N(0, 2/fan_out) scaled by L^(-1/(2m-2)) in std, as in the
-  # official code. Unlike that code (post-activation: relu after the sum), it runs in the same
-  # pre-activation block as every other variant here, so that the tables compare initializations
-  # and normalizers on one architecture.
+  # official code. By default it runs in the same pre-activation block as every other variant
+  # here, so that the tables compare initializations and normalizers on one architecture;
+  # `post_activation` builds the reference code's network instead (relu after the sum, a biased
+  # relu after the stem, no activation before the pool).
   scalar_biases: bool = False
   fixup_init: bool = False
   zero_init_classifier: bool = False
+  post_activation: bool = False
   # NF-ResNets (Brock et al. 2021): scaled weight standardization, a gained ReLU, and each
   # block's input divided by the analytically tracked std of the skip path (beta).
   weight_standardization: bool = False
@@ -100,4 +102,9 @@ def make_recipe(model_config, num_blocks: int) -> Recipe:
   conv_bias = model_config.get("conv_bias", None)
   if conv_bias is not None:
     overrides["conv_bias"] = bool(conv_bias)
+  if model_config.get("post_activation", False):
+    if name != "fixup":
+      raise ConfigError(f"model.post_activation=true is implemented for fixup only (its reference "
+                        f"code is post-activation), not for model.normalizer={name!r}")
+    overrides["post_activation"] = True
   return RECIPES[name](**overrides)

@@ -79,6 +79,7 @@ class PreActBlock(_RecipeMixin, nn.Module):
   o = act(norm(x)); skip = proj(o) if the shape changes else x; the branch runs the convs with
   act(norm(.)) between them; out = out_scale * (skip + multiplier * gain * branch). Called as
   `(x, beta) -> (x, None)` so that `nn.scan` can stack it; beta scales the input for NF-ResNets.
+  A post-activation recipe (Fixup's reference network) takes o = x and returns relu(out).
   """
 
   convs: Sequence[ConvSpec]
@@ -91,7 +92,8 @@ class PreActBlock(_RecipeMixin, nn.Module):
   @nn.compact
   def __call__(self, x, beta):
     r = self.recipe
-    o = self.activate(x, "norm0", self.train)
+    # Post-activation (Fixup's reference block): x is already the previous block's relu output.
+    o = x if r.post_activation else self.activate(x, "norm0", self.train)
     if r.track_variance:
       o = o * beta.astype(o.dtype)
     o = self.scalar_bias(o, "conv0_bias")
@@ -124,6 +126,8 @@ class PreActBlock(_RecipeMixin, nn.Module):
     out = skip + y
     if r.out_scale != 1.0:
       out = out * r.out_scale
+    if r.post_activation:
+      out = nn.relu(out)
     return out.astype(self.dtype), None
 
 
@@ -159,11 +163,12 @@ class ResNet(_RecipeMixin, nn.Module):
   def __call__(self, x, train: bool):
     r = self.recipe
     x = x.astype(self.dtype)
+    kernel, stride = (7, 2) if self.imagenet_stem else (3, 1)
+    x = self.conv(self.stem_features, kernel, stride, "stem", use_bias=False)(x)
+    if r.post_activation:  # a post-activation net's blocks take relu'd inputs
+      x = nn.relu(self.scalar_bias(x, "stem_bias"))
     if self.imagenet_stem:
-      x = self.conv(self.stem_features, 7, 2, "stem", use_bias=False)(x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-    else:
-      x = self.conv(self.stem_features, 3, 1, "stem", use_bias=False)(x)
 
     block_cls = nn.remat(PreActBlock, prevent_cse=False) if self.remat else PreActBlock
     common = dict(recipe=r, num_blocks=self.num_blocks, train=train, dtype=self.dtype)
@@ -189,7 +194,8 @@ class ResNet(_RecipeMixin, nn.Module):
         x, _ = stack(convs=stage.convs(1), name=f"stage{j}_blocks", **common)(x, betas)
         expected_var += n * alpha2
 
-    x = self.activate(x, "final_norm", train)
+    if not r.post_activation:  # (post-activation: the last block's output is already relu'd)
+      x = self.activate(x, "final_norm", train)
     x = jnp.mean(x, axis=(1, 2))
     if self.dropout_rate:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

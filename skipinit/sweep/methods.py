@@ -22,6 +22,8 @@ def method_overrides(dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
       "skipinit_a0": dict(skipinit0),
       "skipinit_inv_sqrt_d": {**skipinit0, "model.alpha_init": "inv_sqrt_d"},
       "fixup": {"model.normalizer": "fixup"},
+      # Fixup as its reference code builds it (post-activation), for comparison with its numbers.
+      "fixup_post": {"model.normalizer": "fixup", "model.post_activation": True},
       # Ablations (PAPER.md sections 1.2 and 5): expected to fail at depth 1000, or to lose accuracy.
       "skipinit_a1": {**skipinit0, "model.alpha_init": "1"},
       "sqrt2_merge": {"model.normalizer": "sqrt2_merge"},
@@ -43,6 +45,7 @@ LABELS = {
     "skipinit_a0": "SkipInit (α=0)",
     "skipinit_inv_sqrt_d": "SkipInit (α=1/√d)",
     "fixup": "Fixup",
+    "fixup_post": "Fixup (post-activation)",
     "skipinit_a1": "SkipInit (α=1)",
     "sqrt2_merge": "√2 merge",
     "none": "No normalization",
