@@ -128,7 +128,7 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-  """SIGTERM reached the sweep process: its trainers were stopped at a checkpoint."""
+  """SIGTERM reached the sweep process: its trainers were stopped (SIGTERM, SIGKILL after the grace)."""
 
 
 @contextlib.contextmanager
