@@ -126,6 +126,8 @@ def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
   assert "missing: " + str(bs_dir / "batchnorm/bs128_lr0.5_seed1") in md
   per_run = _csv(out / "batch_size_table_runs.csv")
   assert len(per_run) == 24 and sum(r["state"] == "diverged" for r in per_run) == 7
+  bn64_run = next(r for r in per_run if r["run"].endswith("batchnorm/bs64_lr0.25_seed0"))
+  assert float(bn64_run["test_acc"]) == pytest.approx(93.0)  # percent, as in the tables
   for name in ("fig_batch_size_accuracy", "fig_batch_size_lr"):
     for ext in ("png", "pdf"):
       assert str(out / f"{name}.{ext}") in written and (out / f"{name}.{ext}").stat().st_size > 1000

@@ -461,14 +461,16 @@ def write_csv(path: str, records: list[dict]) -> None:
 
 
 def runs_records(runs: Iterable[RunResult]) -> list[dict]:
-  """One row per run, for <table>_runs.csv: the raw material of every cell."""
+  """One row per run, for <table>_runs.csv: the raw material of every cell (accuracy in %, as
+  in the tables; status.json keeps the fraction)."""
   out = []
   for r in runs:
+    acc = None if r.test_acc is None else round(r.test_acc * ACC_SCALE, 4)
     out.append({"run": os.path.join(r.sweep_dir, r.name), "method": r.method,
                 "depth": r.get("model.depth"), "width": r.get("model.width"),
                 "batch_size": r.get("train.batch_size"), "agc_clip": r.get("train.agc_clip"),
                 "lr": r.get("train.lr"), "seed": r.get("train.seed"), "epochs": r.get("train.epochs"),
-                "state": r.state, "test_acc": r.test_acc, "train_loss": r.train_loss})
+                "state": r.state, "test_acc": acc, "train_loss": r.train_loss})
   return out
 
 
