@@ -57,7 +57,7 @@ setup() {
   fi
   export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true
-  python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
+  python3 -c "import jax, flax, optax, ml_collections; print('jax', jax.__version__, 'flax', flax.__version__,
 'optax', optax.__version__, jax.devices())" || exit 1
 }
 

@@ -29,7 +29,7 @@ DATA_SOURCES = ("tfds", "folder", "synthetic")
 RESUMABLE_KEYS = frozenset({
     "train.num_devices", "train.steps_per_dispatch", "train.log_every_steps",
     "train.eval_batch_size", "data.cache_dir", "data.num_workers", "data.path", "data.data_dir",
-    "model.remat", "model.scan_unroll"})
+    "model.remat", "model.scan_unroll", "model.fused_bn"})
 
 
 def base_config(**model_defaults) -> ml_collections.ConfigDict:
@@ -46,6 +46,7 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       conv_bias=config_dict.placeholder(bool),  # None: the recipe's default (on without BN)
       dropout_rate=0.0, dtype="float32", remat=False, num_classes=10,
       scan_unroll=0,             # blocks per nn.scan iteration; 0: auto (unrolls short stages on CPU)
+      fused_bn=True,             # batchnorm: hand-written BN+ReLU backward (False: autodiff)
       nf_alpha=0.2, nf_skip_gain_init=0.0,
       post_activation=False)     # fixup: its reference code's post-activation network
   model.update(model_defaults)

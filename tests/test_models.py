@@ -167,6 +167,54 @@ def test_ghost_batchnorm_equals_batchnorm_of_each_chunk():
   assert not np.allclose(full, y, atol=1e-3)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("ghost", [4, 0])
+def test_ghost_batchnorm_hand_written_vjp_equals_autodiff(relu, ghost):
+  x = jax.random.normal(jax.random.key(0), (12, 3, 3, 5)) * 2 + 0.5
+  cotangent = jax.random.normal(jax.random.key(1), x.shape)
+  outputs, grads, stats = {}, {}, {}
+  for fused in (True, False):
+    bn = GhostBatchNorm(use_running_average=False, ghost_batch_size=ghost, relu=relu, fused=fused)
+    variables = bn.init(jax.random.key(2), x)
+    params = {"scale": variables["params"]["scale"] * 1.5,
+              "bias": variables["params"]["bias"] + jnp.arange(5.0) * 0.1 - 0.2}
+
+    def loss(params, x, bn=bn, variables=variables):
+      y, updated = bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                            mutable=["batch_stats"])
+      return jnp.sum(y * cotangent), (y, updated["batch_stats"])
+
+    (_, (outputs[fused], stats[fused])), grads[fused] = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True)(params, x)
+  np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-6, atol=1e-6)
+  for g_fused, g_auto in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
+    np.testing.assert_allclose(g_fused, g_auto, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats[True]), jax.tree.leaves(stats[False])):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  if relu:  # the mask is applied: a zeroed output passes no gradient
+    assert float(jnp.mean(outputs[True] == 0)) > 0.2
+
+
+def test_batchnorm_wrn_gradients_do_not_depend_on_the_bn_vjp():
+  cfg = model_config(depth=16, width=1, normalizer="batchnorm", ghost_batch_size=4, scan_unroll=1)
+  x, labels = images(8), jnp.arange(8) % 10
+  variables = init(cfg, x)
+  grads = {}
+  for fused in (True, False):
+    cfg.fused_bn = fused
+    m = models.build_model(cfg)
+
+    def loss(params, m=m):
+      logits, _ = m.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), labels])
+
+    grads[fused] = jax.jit(jax.grad(loss))(variables["params"])
+  flat = flax.traverse_util.flatten_dict(grads[True])
+  for k, g_auto in flax.traverse_util.flatten_dict(grads[False]).items():
+    scale = float(jnp.max(jnp.abs(g_auto))) + 1e-12
+    np.testing.assert_allclose(flat[k] / scale, g_auto / scale, atol=1e-4, err_msg=str(k))
+
+
 @pytest.mark.parametrize("normalizer,dtype", [(n, "float32") for n in sorted(models.RECIPES)] +
                          [("batchnorm", "bfloat16"), ("skipinit", "bfloat16")])
 def test_every_normalizer_gives_finite_logits(normalizer, dtype):

@@ -84,6 +84,7 @@ def build_model(model_config) -> ResNet:
       dropout_rate=float(model_config.get("dropout_rate", 0.0)),
       remat=bool(model_config.get("remat", False)),
       scan_unroll=int(model_config.get("scan_unroll", 0)),
+      fused_bn=bool(model_config.get("fused_bn", True)),
       dtype=DTYPES[model_config.get("dtype", "float32")],
   )
 

@@ -47,12 +47,12 @@ def _fan_out_normal(scale: float):
 class _RecipeMixin:
   """Builds the parts a recipe decides: norms, activations, convs and scalar biases."""
 
-  def norm(self, x, name, train):
+  def norm(self, x, name, train, relu=False):
     r: Recipe = self.recipe
     if not r.batchnorm:
-      return x
+      return nn.relu(x) if relu else x
     return GhostBatchNorm(use_running_average=not train, ghost_batch_size=r.ghost_batch_size,
-                          dtype=self.dtype, name=name)(x)
+                          dtype=self.dtype, relu=relu, fused=self.fused_bn, name=name)(x)
 
   def scalar_bias(self, x, name):
     if not self.recipe.scalar_biases:
@@ -61,7 +61,10 @@ class _RecipeMixin:
 
   def activate(self, x, name, train):
     """relu(norm(x) + fixup bias) * NF gain: every activation of the network goes through here."""
-    y = nn.relu(self.scalar_bias(self.norm(x, name, train), f"{name}_bias"))
+    if self.recipe.scalar_biases:
+      y = nn.relu(self.scalar_bias(self.norm(x, name, train), f"{name}_bias"))
+    else:  # BN and ReLU as one op with one hand-written VJP (layers.ghost_batch_norm)
+      y = self.norm(x, name, train, relu=True)
     return y * self.recipe.activation_gain if self.recipe.activation_gain != 1.0 else y
 
   def conv(self, features, kernel, stride, name, kernel_init=he_normal, use_bias=None):
@@ -87,6 +90,7 @@ class PreActBlock(_RecipeMixin, nn.Module):
   num_blocks: int  # d, all residual blocks of the network: sets Fixup's init scale
   train: bool
   project: bool = False
+  fused_bn: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -142,6 +146,7 @@ class ResNet(_RecipeMixin, nn.Module):
   dropout_rate: float = 0.0
   remat: bool = False
   scan_unroll: int = 0  # blocks unrolled per scan iteration; 0: auto (see _unroll)
+  fused_bn: bool = True  # GhostBatchNorm's hand-written VJP (False: jax's autodiff of it)
   dtype: Dtype = jnp.float32
 
   def _unroll(self, n: int) -> int | bool:
@@ -171,7 +176,8 @@ class ResNet(_RecipeMixin, nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
     block_cls = nn.remat(PreActBlock, prevent_cse=False) if self.remat else PreActBlock
-    common = dict(recipe=r, num_blocks=self.num_blocks, train=train, dtype=self.dtype)
+    common = dict(recipe=r, num_blocks=self.num_blocks, train=train, fused_bn=self.fused_bn,
+                  dtype=self.dtype)
     alpha2 = r.branch_multiplier ** 2
     expected_var = 1.0  # NF-ResNets: the analytic variance of the skip path entering each block
     for j, stage in enumerate(self.stages):
