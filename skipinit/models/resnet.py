@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from skipinit.models.layers import GhostBatchNorm, WSConv, he_normal
+from skipinit.models.layers import GhostBatchNorm, WSConv, he_normal, relu
 from skipinit.models.recipes import Recipe
 
 Dtype = Any
@@ -47,25 +47,38 @@ def _fan_out_normal(scale: float):
 class _RecipeMixin:
   """Builds the parts a recipe decides: norms, activations, convs and scalar biases."""
 
-  def norm(self, x, name, train, relu=False):
+  def norm(self, x, name, train, fuse_relu=False):
     r: Recipe = self.recipe
     if not r.batchnorm:
-      return nn.relu(x) if relu else x
+      return x
     return GhostBatchNorm(use_running_average=not train, ghost_batch_size=r.ghost_batch_size,
-                          dtype=self.dtype, relu=relu, fused=self.fused_bn, name=name)(x)
+                          dtype=self.dtype, relu=fuse_relu, fused=self.fused_bn, name=name)(x)
 
   def scalar_bias(self, x, name):
     if not self.recipe.scalar_biases:
       return x
     return x + self.param(name, nn.initializers.zeros, (), jnp.float32).astype(x.dtype)
 
-  def activate(self, x, name, train):
-    """relu(norm(x) + fixup bias) * NF gain: every activation of the network goes through here."""
-    if self.recipe.scalar_biases:
+  def activate(self, x, name, train, scale=None):
+    """relu(norm(x) + fixup bias) * NF gain [* scale]: every activation of the network.
+
+    Each form saves as little as it can for the backward pass. BN and the ReLU are one op with a
+    hand-written VJP (`layers.ghost_batch_norm`). Without BN, `layers.relu` takes its mask from its
+    output, which the next conv saves anyway; the NF gain and beta (> 0) are applied before it,
+    the same numbers, so that its output is the conv's input. A Fixup bias follows every
+    activation, so the conv's input is another array: jax's relu, whose 1-byte mask is cheaper.
+    """
+    r: Recipe = self.recipe
+    factor = None  # the NF gain times beta, both > 0
+    if r.activation_gain != 1.0 or scale is not None:
+      factor = jnp.asarray(r.activation_gain, jnp.float32) * (1.0 if scale is None else scale)
+    if r.scalar_biases:
       y = nn.relu(self.scalar_bias(self.norm(x, name, train), f"{name}_bias"))
-    else:  # BN and ReLU as one op with one hand-written VJP (layers.ghost_batch_norm)
-      y = self.norm(x, name, train, relu=True)
-    return y * self.recipe.activation_gain if self.recipe.activation_gain != 1.0 else y
+    elif r.batchnorm:
+      y = self.norm(x, name, train, fuse_relu=True)
+    else:
+      return relu(x if factor is None else x * factor.astype(x.dtype))
+    return y if factor is None else y * factor.astype(y.dtype)
 
   def conv(self, features, kernel, stride, name, kernel_init=he_normal, use_bias=None):
     r: Recipe = self.recipe
@@ -97,9 +110,11 @@ class PreActBlock(_RecipeMixin, nn.Module):
   def __call__(self, x, beta):
     r = self.recipe
     # Post-activation (Fixup's reference block): x is already the previous block's relu output.
-    o = x if r.post_activation else self.activate(x, "norm0", self.train)
-    if r.track_variance:
-      o = o * beta.astype(o.dtype)
+    beta = beta if r.track_variance else None
+    if r.post_activation:
+      o = x if beta is None else x * beta.astype(x.dtype)
+    else:
+      o = self.activate(x, "norm0", self.train, scale=beta)
     o = self.scalar_bias(o, "conv0_bias")
     out_features, stride = self.convs[-1][0], max(s for _, _, s in self.convs)
     m = len(self.convs)
