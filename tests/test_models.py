@@ -195,6 +195,16 @@ def test_ghost_batchnorm_hand_written_vjp_equals_autodiff(relu, ghost):
     assert float(jnp.mean(outputs[True] == 0)) > 0.2
 
 
+def test_relu_with_output_mask_has_jax_relu_gradient():
+  from skipinit.models.layers import relu
+  x = jnp.concatenate([jax.random.normal(jax.random.key(0), (50,)), jnp.zeros(3)])
+  for dtype in (jnp.float32, jnp.bfloat16):
+    g_ours = jax.grad(lambda x: jnp.sum(jnp.sin(relu(x))))(x.astype(dtype))
+    g_jax = jax.grad(lambda x: jnp.sum(jnp.sin(jax.nn.relu(x))))(x.astype(dtype))
+    np.testing.assert_array_equal(g_ours, g_jax)
+    assert g_ours.dtype == dtype
+
+
 def test_batchnorm_wrn_gradients_do_not_depend_on_the_bn_vjp():
   cfg = model_config(depth=16, width=1, normalizer="batchnorm", ghost_batch_size=4, scan_unroll=1)
   x, labels = images(8), jnp.arange(8) % 10
