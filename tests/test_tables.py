@@ -198,6 +198,29 @@ def test_agc_and_imagenet_tables(tmp_path):
                     ["Regularized SkipInit (biases + dropout)", "75.00 @ lr 0.1", "diverged"]]
 
 
+def test_tables_refuse_a_cell_that_mixes_budgets(tmp_path):
+  one = make_sweep_dir(tmp_path / "e1", DEPTH_SWEEP, {"batchnorm/depth16_lr0.25_seed0": C(0.9)})
+  three = make_sweep_dir(tmp_path / "e3", DEPTH_SWEEP.replace("epochs=1", "epochs=3"),
+                         {"batchnorm/depth16_lr0.25_seed1": C(0.6)})
+  with pytest.raises(spec.SweepError, match=r"train.epochs=3.0 .* train.epochs=1.0"):
+    tables.build_tables([str(one), str(three)])
+  # More seeds of the same protocol in another directory do join the cell.
+  more = make_sweep_dir(tmp_path / "e1b", DEPTH_SWEEP, {"batchnorm/depth16_lr0.25_seed1": C(0.8)})
+  depth = tables.build_tables([str(one), str(more)])[0]
+  assert "85.00 ± 7.07" in tables.to_markdown(depth)
+  twice = tables.build_tables([str(one), str(more), str(more)])[0]
+  assert tables.to_markdown(twice) == tables.to_markdown(depth)
+
+
+def test_batch_size_figures_of_a_sweep_with_nothing_finished(tmp_path):
+  everything_diverged = {f"{m}/bs{b}_lr{lr}_seed{s}": D for m in ("batchnorm", "skipinit_a0")
+                         for b in (64, 128) for lr in ("0.125", "0.25", "0.5") for s in (0, 1)}
+  for name, outcomes in (("new", {}), ("diverged", everything_diverged)):
+    d = make_sweep_dir(tmp_path / name, BS_SWEEP, outcomes)
+    written = tables.make_tables([str(d)], str(tmp_path / f"out_{name}"))
+    assert any(p.endswith("fig_batch_size_lr.png") for p in written)
+
+
 def test_make_tables_script(bs_dir, tmp_path):
   script = os.path.join(REPO, "scripts", "make_tables.py")
   p = subprocess.run([sys.executable, script, f"--sweep_dir={bs_dir}", f"--out_dir={tmp_path / 'o'}"],

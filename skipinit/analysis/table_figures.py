@@ -8,6 +8,7 @@ Each is written as PNG and PDF. Cells without a best learning rate (diverged or 
 left out of the lines, so a line never interpolates over a missing point silently: it breaks.
 """
 
+import math
 import os
 
 import matplotlib
@@ -48,6 +49,16 @@ def _best_acc(group):
   return (best.acc_mean, best.acc_std) if best else (None, None)
 
 
+def _say_if_empty(ax, ys) -> bool:
+  """Writes "no finished learning rate yet" on an axis without a point (a sweep just launched,
+  or one where everything diverged); True when it did."""
+  if any(math.isfinite(y) for y in ys):
+    return False
+  ax.text(0.5, 0.5, "no cell has a finished learning rate yet", transform=ax.transAxes,
+          ha="center", va="center", color="0.4")
+  return True
+
+
 def _log2_x(ax, xs):
   ax.set_xscale("log", base=2)
   ax.set_xticks(sorted(set(xs)))
@@ -67,6 +78,7 @@ def batch_size_figures(table: Table, out_dir: str) -> list[str]:
     xs, ys, es = acc[m]
     ax.errorbar(_nudge(xs, i, len(methods)), ys, yerr=es, marker="o", capsize=2, label=label(m))
   _log2_x(ax, all_x)
+  _say_if_empty(ax, [y for xs, ys, es in acc.values() for y in ys])
   ax.set_xlabel("batch size")
   ax.set_ylabel("test accuracy at the best lr (%)")
   ax.grid(alpha=0.3)
@@ -86,7 +98,9 @@ def batch_size_figures(table: Table, out_dir: str) -> list[str]:
     ax.plot(_nudge(by_loss[m][0], 2 * i + 1, n), by_loss[m][1], "s--", color=color, alpha=0.8,
             label=f"{label(m)}: min train loss")
   _log2_x(ax, all_x)
-  ax.set_yscale("log", base=2)
+  if not _say_if_empty(ax, [y for series in (by_acc, by_loss) for _, ys, _ in series.values()
+                            for y in ys]):
+    ax.set_yscale("log", base=2)  # (a log axis with no positive value is an error)
   ax.set_xlabel("batch size")
   ax.set_ylabel("optimal learning rate")
   ax.grid(alpha=0.3, which="both")
@@ -107,6 +121,7 @@ def agc_figure(table: Table, out_dir: str) -> list[str]:
     ax.errorbar(_nudge(xs, i, len(clips)), ys, yerr=es, marker="o", capsize=2,
                 label="no AGC" if off else f"λ = {clip:g}", linestyle="--" if off else "-")
   _log2_x(ax, [k[0] for k in groups])
+  _say_if_empty(ax, [y for _, ys, _ in series.values() for y in ys])
   ax.set_xlabel("batch size")
   ax.set_ylabel("test accuracy at the best lr (%)")
   ax.grid(alpha=0.3)

@@ -24,11 +24,14 @@ from typing import Callable, Iterable, Sequence
 
 from skipinit.sweep import rundir
 from skipinit.sweep.methods import LABELS
-from skipinit.sweep.spec import SweepError, read_manifest
+from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest
 
 # The status.json / metrics.jsonl accuracies are fractions; the tables print percentages.
 ACC_SCALE = 100.0
 REFERENCE_METHODS = ("batchnorm", "skipinit_a0")  # depth-table rows shown next to the ablations
+# What the runs of one table cell must share besides the method (every lr and seed of a cell is
+# the same experiment): the resolved keys every run has, started or not, less the grid's.
+PROTOCOL_KEYS = tuple(k for k in TABLE_KEYS if k not in ("train.lr", "train.seed"))
 
 
 # ------------------------------------------------------------------------------------ run results
@@ -196,23 +199,54 @@ class Group:
     return cell is not None and len(lrs) > 1 and cell.lr in (min(lrs), max(lrs))
 
 
+def _check_protocol(first: dict, r: RunResult) -> None:
+  """Refuses a cell whose runs differ in anything but lr and seed (`PROTOCOL_KEYS`), such as two
+  sweep directories of different epochs: averaging them would be a number of no experiment."""
+  where = os.path.join(r.sweep_dir, r.name)
+  for k in PROTOCOL_KEYS:
+    v = r.get(k)
+    if v is None:  # (a key an older run does not record)
+      continue
+    if k not in first:
+      first[k] = (v, where)
+    elif first[k][0] != v:
+      raise SweepError(
+          f"{where} has {k}={v!r} but {first[k][1]}, of the same table cell, has "
+          f"{k}={first[k][0]!r}: a cell averages one experiment over seeds, so give make_tables "
+          "sweep directories that differ only in learning rates and seeds")
+
+
 def group_runs(runs: Iterable[RunResult], key: Callable[[RunResult], tuple]) -> tuple[dict, list[str]]:
   """Groups runs by `key` then learning rate; returns ({key: Group}, duplicate-run warnings).
 
   Two runs with the same key, learning rate and seed (e.g. the same run in two sweep directories)
-  count once: the first one given.
+  count once: the first one given that has finished. Runs of one key that differ in a protocol key (epochs, say)
+  are a SweepError.
   """
-  seen, groups, warnings = {}, {}, []
+  chosen, warnings, protocols = {}, [], {}
   for r in runs:
     k, lr, seed = key(r), float(r.get("train.lr")), r.get("train.seed", 0)
+    _check_protocol(protocols.setdefault(k, {}), r)
     ident = (k, lr, seed)
-    if ident in seen:
-      warnings.append(f"{os.path.join(r.sweep_dir, r.name)} duplicates {seen[ident]}: ignored")
+    first = chosen.get(ident)
+    if first is None:
+      chosen[ident] = r
       continue
-    seen[ident] = os.path.join(r.sweep_dir, r.name)
+    if r.state in rundir.FINISHED and first.state not in rundir.FINISHED:
+      chosen[ident], r, first = r, first, r  # a finished copy beats one that is still to run
+    if r.state in rundir.FINISHED:  # (an ignored copy that never ran loses nothing)
+      warnings.append(f"{os.path.join(r.sweep_dir, r.name)} duplicates "
+                      f"{os.path.join(first.sweep_dir, first.name)}: ignored")
+  groups = {}
+  for (k, lr, _), r in chosen.items():
     groups.setdefault(k, {}).setdefault(lr, []).append(r)
   return ({k: Group(k, [Cell(lr, rs) for lr, rs in sorted(by_lr.items())])
            for k, by_lr in groups.items()}, warnings)
+
+
+def _runs_of(groups: dict) -> list[RunResult]:
+  """The runs a table counts (a duplicate left out), in the order grouped."""
+  return [r for g in groups.values() for c in g.cells for r in c.runs]
 
 
 # ----------------------------------------------------------------------------------------- tables
@@ -319,7 +353,8 @@ def method_by_depth_table(name: str, title: str, runs: list[RunResult],
       if g is not None:
         records.append(_record(g, method=m, depth=d, width=w))
     rows.append(row)
-  return Table(name, title, header, rows, records, list(runs), [_NOTE_BEST, *warnings], groups)
+  return Table(name, title, header, rows, records, _runs_of(groups), [_NOTE_BEST, *warnings],
+               groups)
 
 
 def _nets(runs: Iterable[RunResult]) -> str:
@@ -354,7 +389,7 @@ def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) ->
            "that has not finished). * at the edge of the grid (widen "
            "lr_exps). † unfinished runs in the cell.", *warnings]
   return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)}, CIFAR-10)",
-               header, rows, records, list(runs), notes, groups)
+               header, rows, records, _runs_of(groups), notes, groups)
 
 
 def _best_grid(groups, row_keys, col_keys, row_field: str, col_field: str):
@@ -376,7 +411,7 @@ def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> T
   rows = [[label(m), *row] for m, row in zip(methods, cells)]
   depth = next((r.get("model.depth") for r in runs), "")
   return Table("imagenet_table", f"ImageNet top-1 (%), ResNet-{depth}-V2, at the best learning rate",
-               ["Method"] + [f"batch {bs}" for bs in sizes], rows, records, list(runs),
+               ["Method"] + [f"batch {bs}" for bs in sizes], rows, records, _runs_of(groups),
                [_NOTE_BEST.replace("test accuracy (%)", "top-1 accuracy (%)"), *warnings], groups)
 
 
@@ -392,7 +427,7 @@ def agc_table(runs: list[RunResult]) -> Table:
   return Table("agc_table", f"{method} ({_nets(runs)}): adaptive gradient clipping vs batch size "
                "(test accuracy %)",
                ["Batch"] + [("no AGC" if c == 0.0 else f"λ={c:g}") for c in clips], rows, records,
-               list(runs), [_NOTE_BEST, *warnings], groups)
+               _runs_of(groups), [_NOTE_BEST, *warnings], groups)
 
 
 # ---------------------------------------------------------------------------------------- writers
@@ -498,7 +533,11 @@ def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
   """Every table the given sweep directories feed (their manifests say which)."""
   by_kind: dict[str, list[RunResult]] = {}
   order: dict[str, list[str]] = {}
+  seen = set()
   for d in sweep_dirs:
+    if os.path.realpath(d) in seen:  # a directory given twice is one
+      continue
+    seen.add(os.path.realpath(d))
     manifest, runs = load_runs(d)
     by_kind.setdefault(manifest["table"], []).extend(runs)
     order.setdefault(manifest["table"], []).extend(r["method"] for r in manifest["runs"])
