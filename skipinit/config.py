@@ -24,6 +24,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 SCHEDULES = ("paper_halving", "cosine", "constant", "step")
 OPTIMIZERS = ("sgd",)
 DATA_SOURCES = ("tfds", "folder", "synthetic")
+DATA_NAMES = ("cifar10", "imagenet2012")
 # Keys that may change between a run and its resumption without changing its results (where the
 # data lives, how the work is split): a run directory and a sweep directory accept new values.
 RESUMABLE_KEYS = frozenset({
@@ -195,7 +196,23 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.data.source == "folder" and not config.data.path:
     raise ConfigError("data.source=folder needs data.path: a class-folder tree (train/<class>/*.jpg, "
                       "test/<class>/*.jpg) or a .tar.gz of one")
+  if config.data.name not in DATA_NAMES:
+    raise ConfigError(f"data.name={config.data.name!r} is unknown: use one of {', '.join(DATA_NAMES)}")
   for key, ok, allowed in (
+      ("synthetic_train_size", config.data.synthetic_train_size >= 1, "an integer >= 1"),
+      ("synthetic_test_size", config.data.synthetic_test_size >= 1, "an integer >= 1"),
+      ("image_size", config.data.image_size >= 1, "an integer >= 1")):
+    if not ok:
+      raise ConfigError(f"data.{key}={config.data[key]!r} is not valid: it must be {allowed}")
+  if t.schedule == "step" and not all(0 <= b <= 1 for b in t.step_boundaries):
+    raise ConfigError(f"train.step_boundaries={tuple(t.step_boundaries)!r} is not valid: they are "
+                      "fractions of training, each in [0, 1]")
+  for key, ok, allowed in (
+      ("seed", t.seed >= 0, "an integer >= 0"),
+      ("num_devices", t.num_devices >= 0, "an integer >= 0 (0 = every device)"),
+      ("step_factor", 0 < t.step_factor < math.inf, "a positive finite number"),
+      ("agc_eps", 0 < t.agc_eps < math.inf, "a positive finite number"),
+      ("fixup_scalar_lr_mult", 0 <= t.fixup_scalar_lr_mult < math.inf, "a finite number >= 0"),
       ("epochs", 0 < t.epochs < math.inf, "a positive finite number"),
       ("eval_every_epochs", 0 < t.eval_every_epochs < math.inf, "a positive finite number"),
       ("checkpoint_every_epochs", 0 < t.checkpoint_every_epochs < math.inf,

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -153,7 +154,8 @@ def test_real_images_from_the_folder_source(cifar_config, tmp_path):
 @pytest.mark.parametrize("arg,message", [
     ("smoke,depth=17", "6N+4"),
     ("smoke,normalizer=groupnorm", "unknown: use one of batchnorm"),
-    ("smoke,batch_size=36", "not divisible by the 8 devices"),
+    ("smoke,batch_size=36,num_devices=8", "not divisible by the 8 devices"),
+    ("smoke,seed=-1", "train.seed=-1 is not valid"),
     ("smoke,num_devices=2,ghost_batch_size=32", "does not divide the per-device batch"),
     ("smoke,lrr=0.1", "unknown config key 'lrr'"),
     ("smoke,source=folder,path=/nonexistent/cifar", "does not exist"),
@@ -180,6 +182,34 @@ def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, mes
   assert "Traceback" not in proc.stderr
   after = {p: hashlib.sha1(open(workdir / p, "rb").read()).hexdigest() for p in os.listdir(workdir)}
   assert after == before
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("num_devices=-1", "train.num_devices=-1 is not valid"),
+    ("schedule=step,step_factor=-1", "train.step_factor=-1.0 is not valid"),
+    ("schedule=step,step_boundaries=0.5;2", "each in [0, 1]"),
+    ("synthetic_test_size=0", "data.synthetic_test_size=0 is not valid"),
+    ("agc_eps=-1", "train.agc_eps=-1.0 is not valid"),
+    ("data.name=imagenet", "data.name='imagenet' is unknown"),
+])
+def test_config_values_out_of_range_are_refused(cifar_config, arg, message):
+  from skipinit import config as cfg_lib
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    cfg_lib.validate(cifar_config("smoke," + arg))
+
+
+def test_every_device_means_as_many_as_the_batch_splits_over(cifar_config):
+  from skipinit.train import sharding
+  assert sharding.devices_for(cifar_config("smoke,batch_size=64,ghost_batch_size=4")) == 8
+  assert sharding.devices_for(cifar_config("smoke,batch_size=16,ghost_batch_size=16")) == 1
+  assert sharding.devices_for(cifar_config("smoke,batch_size=48,ghost_batch_size=8")) == 6
+  assert sharding.devices_for(cifar_config("smoke,batch_size=12,normalizer=skipinit")) == 6
+  assert sharding.devices_for(cifar_config("smoke,batch_size=16,num_devices=8")) == 8  # as given
+
+
+def test_a_small_batch_trains_on_the_devices_it_splits_over(cifar_config, tmp_path):
+  cfg = cifar_config("smoke,epochs=0.1,batch_size=8,ghost_batch_size=8")  # 8 fake devices
+  assert train_and_evaluate(cfg, str(tmp_path))["status"] == "completed"
 
 
 def test_a_run_directory_that_cannot_be_written_is_refused_before_any_work(cifar_config, tmp_path):

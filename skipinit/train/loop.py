@@ -245,7 +245,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   a diverged run is a result, not a number).
   """
   sharding.maybe_initialize_distributed()
-  mesh = sharding.make_mesh(config.train.num_devices)
+  cfg_lib.validate(config)
+  mesh = sharding.make_mesh(sharding.devices_for(config))
   cfg_lib.validate(config, num_devices=mesh.size)
   if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "

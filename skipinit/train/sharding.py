@@ -6,6 +6,7 @@ its inputs. Multi-host: every process calls `jax.distributed.initialize()` first
 
 import os
 
+from absl import logging
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -46,6 +47,30 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     raise ConfigError("train.num_devices must be 0 (all devices) in a multi-host run")
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices[:n])
+
+
+def devices_for(config) -> int:
+  """How many devices a run with train.num_devices=0 ("every device") trains on.
+
+  Every local device, unless the batch cannot be split over them: a per-device batch must be a
+  whole number of ghost batches (the BN statistics must not depend on the device count). Then
+  the most devices it can be split over, with a warning, so that the small batches of a
+  batch-size sweep run on a many-GPU host instead of failing. An explicit train.num_devices, and
+  a multi-host run, are taken as given (and checked by `config.validate`).
+  """
+  t, m = config.train, config.model
+  available = len(jax.devices())
+  if t.num_devices or jax.process_count() > 1:
+    return t.num_devices
+  unit = m.ghost_batch_size if m.normalizer == "batchnorm" and m.ghost_batch_size else 1
+  n = available
+  while n > 1 and t.batch_size % (n * unit):
+    n -= 1
+  if n < available:
+    logging.warning("train.batch_size=%d%s splits over at most %d of the %d devices: training on "
+                    "%d (set train.num_devices to choose)", t.batch_size,
+                    f" in ghost batches of {unit}" if unit > 1 else "", n, available, n)
+  return n
 
 
 def replicated(mesh) -> NamedSharding:
