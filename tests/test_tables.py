@@ -210,6 +210,11 @@ def test_tables_refuse_a_cell_that_mixes_budgets(tmp_path):
   assert "85.00 ± 7.07" in tables.to_markdown(depth)
   twice = tables.build_tables([str(one), str(more), str(more)])[0]
   assert tables.to_markdown(twice) == tables.to_markdown(depth)
+  # Seeds trained on other data (the runs' data.json) do not join either.
+  (one / "batchnorm/depth16_lr0.25_seed0/data.json").write_text('{"sha1": "aa", "train_examples": 9}')
+  (more / "batchnorm/depth16_lr0.25_seed1/data.json").write_text('{"sha1": "bb", "train_examples": 9}')
+  with pytest.raises(spec.SweepError, match="data.sha1='bb'"):
+    tables.build_tables([str(one), str(more)])
 
 
 def test_batch_size_figures_of_a_sweep_with_nothing_finished(tmp_path):

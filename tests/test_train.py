@@ -76,6 +76,15 @@ def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
   first = train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert first["status"] == "running" and first["preempted"] and 0 < first["step"] < full["step"]
   monkeypatch.undo()
+  # Resuming on other data (data.path may change: the data set moved) is refused, and changes nothing.
+  data_json = tmp_path / "resumed" / rundir.DATA
+  recorded = data_json.read_text()
+  assert json.loads(recorded)["train_examples"] == 256
+  data_json.write_text(recorded.replace('"train_examples": 256', '"train_examples": 400'))
+  with pytest.raises(DataError, match="train_examples 400 -> 256"):
+    train_and_evaluate(cfg, str(tmp_path / "resumed"))
+  assert rundir.read_status(str(tmp_path / "resumed"))["step"] == first["step"]
+  data_json.write_text(recorded)
   resumed = train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert resumed["status"] == "completed"
   strip = lambda ms: [{k: v for k, v in r.items() if k not in ("wall_time", "examples_per_sec")}

@@ -31,7 +31,8 @@ ACC_SCALE = 100.0
 REFERENCE_METHODS = ("batchnorm", "skipinit_a0")  # depth-table rows shown next to the ablations
 # What the runs of one table cell must share besides the method (every lr and seed of a cell is
 # the same experiment): the resolved keys every run has, started or not, less the grid's.
-PROTOCOL_KEYS = tuple(k for k in TABLE_KEYS if k not in ("train.lr", "train.seed"))
+PROTOCOL_KEYS = tuple(k for k in TABLE_KEYS if k not in ("train.lr", "train.seed")) + (
+    "data.train_examples", "data.sha1")  # from the run's data.json, once it has started
 
 
 # ------------------------------------------------------------------------------------ run results
@@ -91,6 +92,9 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG))
     if isinstance(config, dict):
       params.update(_flatten(config))  # the trainer's resolved config is the truth
+    data = rundir.read_json(os.path.join(run_dir, "data.json"))  # what it trained on
+    if isinstance(data, dict):
+      params.update({f"data.{k}": v for k, v in data.items()})
     state = rundir.run_state(run_dir)
     result = RunResult(run["name"], run["method"], sweep_dir, params, state)
     if state == "completed":

@@ -5,6 +5,7 @@ compare it with the run already in `workdir`, load the data, and only then write
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 import signal
@@ -94,6 +95,12 @@ class DeviceData:
                       for a in (test_images, test_labels, mask))
     self._idx_sharding = sharding.batch_sharded(mesh, batch_axis=1)
     self._perm_epoch, self._perm = None, None
+    # What the run trained on, so that a resume on other data is refused (rundir.check_data).
+    digest = hashlib.sha1()
+    for a in (self.train_images, self.train_labels, test_images, test_labels):
+      digest.update(np.ascontiguousarray(a).data)
+    self.fingerprint = {"train_examples": self.num_train, "test_examples": int(mask.sum()),
+                        "sha1": digest.hexdigest()}
 
   def compile(self, config, model, train_step, base_key):
     """Builds the jitted k-step chunk and the one-dispatch evaluation."""
@@ -155,6 +162,8 @@ class StreamedData:
                         f"({self.num_train} examples)")
     self.steps_per_epoch = self.num_train // self.batch_size
     self._iter, self._iter_step = None, None
+    self.fingerprint = {"train_examples": self.num_train,
+                        "test_examples": self.source.num_eval_examples}
 
   def compile(self, config, model, train_step, base_key):
 
@@ -268,9 +277,11 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
   t = config.train
   exp = build_experiment(config, mesh)
   data, lr_fn, rep = exp.data, exp.lr_fn, sharding.replicated(mesh)
+  rundir.check_data(workdir, data.fingerprint)
   try:
     os.makedirs(workdir, exist_ok=True)
     rundir.write_config(workdir, config)
+    rundir.write_data(workdir, data.fingerprint)
   except OSError as e:  # what check_writable cannot foresee (quotas, root squash, ...)
     raise ConfigError(f"cannot write the run directory {workdir}: {e}") from None
   state = exp.init_state()

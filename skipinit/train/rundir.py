@@ -12,7 +12,7 @@ import jax
 from absl import logging
 
 from skipinit import config as cfg_lib
-from skipinit.errors import ConfigError
+from skipinit.errors import ConfigError, DataError
 
 RESUMABLE_KEYS = cfg_lib.RESUMABLE_KEYS
 
@@ -58,6 +58,30 @@ def _flat(d, prefix=""):
     else:
       out[key] = list(v) if isinstance(v, tuple) else v
   return out
+
+
+DATA = "data.json"
+
+
+def check_data(workdir: str, fingerprint: dict) -> None:
+  """Raises DataError if the run in `workdir` was trained on other data than `fingerprint` says.
+
+  data.path and data.source may change between a run and its resume (the data set moved), but
+  the data must not: a resume on, say, a 400-image sample instead of the full set would redefine
+  the epochs and the schedule in the middle of a run. (A run made before data.json: not checked.)
+  """
+  try:
+    old = read_json(os.path.join(workdir, DATA))
+  except (OSError, json.JSONDecodeError):
+    return
+  diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
+  if diff:
+    raise DataError(f"{workdir} was trained on other data ({'; '.join(diff)}): point data.path "
+                    "at the data set it was started on, or use a new --workdir")
+
+
+def write_data(workdir: str, fingerprint: dict) -> None:
+  atomic_write(os.path.join(workdir, DATA), json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
 def check_config(workdir: str, config) -> None:
