@@ -133,6 +133,43 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(cifar_config, tmp_pat
   assert [r["step"] for r in metrics(tmp_path)] == [8, 16]
 
 
+def test_a_checkpoint_that_reads_back_other_values_is_not_restored(cifar_config, tmp_path):
+  """Flipped bits that still decode (bit rot): the checksum saved with each step catches them."""
+  from skipinit.train import checkpoint
+  cfg = smoke(cifar_config, "epochs=2")
+  train_and_evaluate(cfg, str(tmp_path))
+  sums_path = tmp_path / "checkpoints" / checkpoint.CHECKSUMS
+  sums = json.loads(sums_path.read_text())
+  assert set(sums) == {"8", "16"}
+  sums["16"] ^= 1 << 7  # as if the step-16 state had read back with one bit flipped
+  sums_path.write_text(json.dumps(sums))
+  rundir.write_status(str(tmp_path), "running", step=16)
+  assert train_and_evaluate(cfg, str(tmp_path))["status"] == "completed"
+  assert os.path.exists(tmp_path / "checkpoints" / "corrupt_16")
+  assert [r["step"] for r in metrics(tmp_path)] == [8, 16]
+
+
+def test_checksum_sees_every_single_bit_flip():
+  import jax.numpy as jnp
+  import numpy as np
+  from skipinit.train.checkpoint import checksum
+  rng = np.random.default_rng(0)
+  tree = {"w": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32),
+          "h": jnp.asarray(rng.normal(size=7), jnp.bfloat16), "n": jnp.arange(4, dtype=jnp.int32)}
+  base = int(checksum(tree))
+  raw = np.asarray(tree["w"]).view(np.uint32).copy()
+  for i in range(raw.size):
+    for bit in (0, 13, 31):
+      flipped = raw.copy()
+      flipped.flat[i] ^= np.uint32(1 << bit)
+      assert int(checksum({**tree, "w": jnp.asarray(flipped.view(np.float32))})) != base
+  h = np.asarray(tree["h"]).view(np.uint16).copy()
+  h[3] ^= 1
+  assert int(checksum({**tree, "h": jnp.asarray(h.view(jnp.bfloat16))})) != base
+  swapped = {**tree, "n": tree["n"][::-1]}  # the same values elsewhere: another digest
+  assert int(checksum(swapped)) != base
+
+
 def test_no_readable_checkpoint_is_an_error_not_a_restart(cifar_config, tmp_path):
   """Every checkpoint damaged: starting again from step 0 would silently wipe the run's metrics."""
   from skipinit import CheckpointError

@@ -1,10 +1,13 @@
 """Orbax checkpoints of the train state, with fallback past a corrupt or half-written checkpoint."""
 
 import glob
+import json
 import os
 import shutil
+import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -12,13 +15,40 @@ from absl import logging
 from skipinit.errors import CheckpointError
 
 CORRUPT_PREFIX = "corrupt_"
+CHECKSUMS = "checksums.json"  # in checkpoints/: {step: checksum of the state saved there}
+
+
+@jax.jit
+def checksum(tree) -> jax.Array:
+  """A uint32 digest of every bit of a pytree of arrays, computed where they live (one pass).
+
+  Orbax checks no checksum on restore, so a checkpoint with flipped bits (bit rot, a bad disk)
+  would restore as a wrong state, most likely one that diverges at once: a permanent "diverged"
+  result. This digest is sum_i bits_i * (2 h(i) + 1) mod 2^32 per array, chained over arrays:
+  the weights are odd, so flipping any single bit changes it.
+  """
+  total = jnp.uint32(0)
+  for leaf in jax.tree.leaves(tree):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    x = jnp.ravel(leaf)
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+      bits = x.astype(jnp.uint32)  # bool, (u)int8
+    weights = jnp.arange(x.size, dtype=jnp.uint32) * jnp.uint32(2654435761) * jnp.uint32(2) + 1
+    total = total * jnp.uint32(1000003) + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return total
 
 
 class Checkpointer:
   """Saves the train state every few epochs; restores the newest checkpoint that reads back whole.
 
   Orbax writes each step to a temporary directory and renames it when complete, so a preempted
-  save leaves no step behind. A step that exists but cannot be read (damaged files) is reported,
+  save leaves no step behind. A step that exists but cannot be read (damaged files), or that
+  reads back with another `checksum` than the state saved, is reported,
   moved aside to `checkpoints/corrupt_<step>` and the next older one is tried: a state is either
   restored whole or not at all, never mixed. When none is left that reads back, restoring fails
   with a CheckpointError rather than starting again from step 0 over the run's metrics.
@@ -30,7 +60,22 @@ class Checkpointer:
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def save(self, step: int, state) -> None:
+    digest = int(jax.device_get(checksum(state)))
     self.manager.save(step, args=ocp.args.StandardSave(state))
+    sums = {k: v for k, v in self._checksums().items() if int(k) in self.manager.all_steps()}
+    sums[str(step)] = digest
+    if jax.process_index() == 0:
+      fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp_")
+      with os.fdopen(fd, "w") as f:
+        json.dump(sums, f)
+      os.replace(tmp, os.path.join(self.directory, CHECKSUMS))
+
+  def _checksums(self) -> dict:
+    try:
+      with open(os.path.join(self.directory, CHECKSUMS)) as f:
+        return json.load(f)
+    except (OSError, ValueError):  # none yet (or checkpoints made before checksums)
+      return {}
 
   def restore(self, abstract_state):
     """(state, step) of the newest readable checkpoint, or (None, 0) when there is none.
@@ -59,6 +104,11 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         state, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      saved = self._checksums().get(str(step))
+      if state is not None and saved is not None:
+        read = int(jax.device_get(checksum(state)))
+        if read != saved:
+          state, error = None, f"it reads back with checksum {read}, not the {saved} saved"
       failed = [p for p, ok in enumerate(_gather(error is None)) if not ok]
       if not failed:
         return state, step
