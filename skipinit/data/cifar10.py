@@ -9,11 +9,11 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 
 import numpy as np
 from absl import logging
 
+from skipinit import files
 from skipinit.errors import DataError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -122,11 +122,9 @@ def load_folder(path: str, cache_dir: str | None = "~/.cache/skipinit") -> dict:
   data = read_folder(path)
   if cache:
     os.makedirs(os.path.dirname(cache), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(cache), suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **{f"{s}_{k}": v for s, (im, lb) in data.items()
-                     for k, v in (("images", im), ("labels", lb))})
-    os.replace(tmp, cache)  # atomic: two runs decoding at once never see half a file
+    # Atomic: two runs decoding at once never see half a file.
+    files.atomic_write(cache, lambda f: np.savez(f, **{
+        f"{s}_{k}": v for s, (im, lb) in data.items() for k, v in (("images", im), ("labels", lb))}))
   return data
 
 

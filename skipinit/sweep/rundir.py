@@ -15,6 +15,8 @@ import fcntl
 import json
 import os
 
+from skipinit import files
+
 STATUS = "status.json"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -36,10 +38,7 @@ def read_json(path: str):
 
 def write_json_atomic(path: str, value) -> None:
   """Writes JSON through a temporary file and a rename: a reader never sees half of it."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  files.atomic_write(path, json.dumps(value, indent=1))
 
 
 def read_status(run_dir: str) -> dict | None:

@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from skipinit import files
 from skipinit.errors import CheckpointError
 
 CORRUPT_PREFIX = "corrupt_"
@@ -65,10 +65,7 @@ class Checkpointer:
     sums = {k: v for k, v in self._checksums().items() if int(k) in self.manager.all_steps()}
     sums[str(step)] = digest
     if jax.process_index() == 0:
-      fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp_")
-      with os.fdopen(fd, "w") as f:
-        json.dump(sums, f)
-      os.replace(tmp, os.path.join(self.directory, CHECKSUMS))
+      files.atomic_write(os.path.join(self.directory, CHECKSUMS), json.dumps(sums))
 
   def _checksums(self) -> dict:
     try:

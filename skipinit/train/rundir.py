@@ -6,12 +6,11 @@ rename) so a preempted run never leaves half a status or config behind.
 
 import json
 import os
-import tempfile
 
 import jax
 from absl import logging
 
-from skipinit import config as cfg_lib
+from skipinit import config as cfg_lib, files
 from skipinit.errors import ConfigError, DataError
 
 RESUMABLE_KEYS = cfg_lib.RESUMABLE_KEYS
@@ -24,10 +23,7 @@ def _is_chief() -> bool:
 def atomic_write(path: str, text: str) -> None:
   if not _is_chief():
     return
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  files.atomic_write(path, text)
 
 
 def read_json(path: str):
