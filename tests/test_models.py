@@ -206,7 +206,9 @@ def test_relu_with_output_mask_has_jax_relu_gradient():
 
 
 def test_batchnorm_wrn_gradients_do_not_depend_on_the_bn_vjp():
-  cfg = model_config(depth=16, width=1, normalizer="batchnorm", ghost_batch_size=4, scan_unroll=1)
+  # depth 22: stages of 3 blocks, so two of each go through nn.scan (remat too).
+  cfg = model_config(depth=22, width=1, normalizer="batchnorm", ghost_batch_size=4, scan_unroll=1,
+                     remat=True)
   x, labels = images(8), jnp.arange(8) % 10
   variables = init(cfg, x)
   grads = {}

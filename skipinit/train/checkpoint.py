@@ -64,15 +64,19 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.StandardSave(state))
     sums = {k: v for k, v in self._checksums().items() if int(k) in self.manager.all_steps()}
     sums[str(step)] = digest
-    if jax.process_index() == 0:
-      files.atomic_write(os.path.join(self.directory, CHECKSUMS), json.dumps(sums))
+    self._write_checksums(sums)
 
   def _checksums(self) -> dict:
     try:
       with open(os.path.join(self.directory, CHECKSUMS)) as f:
-        return json.load(f)
+        sums = json.load(f)
     except (OSError, ValueError):  # none yet (or checkpoints made before checksums)
       return {}
+    return sums if isinstance(sums, dict) else {}
+
+  def _write_checksums(self, sums: dict) -> None:
+    if jax.process_index() == 0:
+      files.atomic_write(os.path.join(self.directory, CHECKSUMS), json.dumps(sums))
 
   def restore(self, abstract_state):
     """(state, step) of the newest readable checkpoint, or (None, 0) when there is none.
@@ -101,8 +105,10 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         state, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      # Only once every process has read it back: a process that computed alone could one day
+      # wait in a collective (a sharded leaf) for the others.
       saved = self._checksums().get(str(step))
-      if state is not None and saved is not None:
+      if all(_gather(error is None)) and saved is not None:
         read = int(jax.device_get(checksum(state)))
         if read != saved:
           state, error = None, f"it reads back with checksum {read}, not the {saved} saved"
@@ -112,8 +118,12 @@ class Checkpointer:
       logging.error("checkpoint at step %d in %s is unreadable (%s); trying an older one", step,
                     self.directory, error or f"on process(es) {failed}")
       if jax.process_index() == 0:
-        shutil.move(os.path.join(self.directory, str(step)),
-                    os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}"))
+        aside, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}"), 1
+        while os.path.exists(aside):  # (the same step damaged again after a re-save)
+          aside, n = os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}.{n}"), n + 1
+        shutil.move(os.path.join(self.directory, str(step)), aside)
+        # Its digest goes too: a re-save of this step must not be checked against it.
+        self._write_checksums({k: v for k, v in self._checksums().items() if k != str(step)})
       # No process may list the directory again before it has moved (a stale list would make
       # one process skip a later save of this step that the others make: a hang).
       _barrier(f"skipinit_checkpoint_moved_{step}")

@@ -83,6 +83,14 @@ class DeviceData:
     self.images = sharding.put_global(self.train_images, rep)
     self.labels = sharding.put_global(self.train_labels, rep)
 
+    # What the run trains on, so that a resume on other data is refused (rundir.check_data): the
+    # data as loaded, before the padding below (it depends on the devices and the eval batch).
+    digest = hashlib.sha1()
+    for a in (self.train_images, self.train_labels, test_images, test_labels):
+      digest.update(np.ascontiguousarray(a).data)
+    self.fingerprint = {"train_examples": self.num_train, "test_examples": len(test_labels),
+                        "sha1": digest.hexdigest()}
+
     # Pad the test set to whole eval batches (a multiple of the device count); padding is masked.
     eb = math.ceil(min(config.train.eval_batch_size, len(test_labels)) / mesh.size) * mesh.size
     nb = math.ceil(len(test_labels) / eb)
@@ -95,12 +103,6 @@ class DeviceData:
                       for a in (test_images, test_labels, mask))
     self._idx_sharding = sharding.batch_sharded(mesh, batch_axis=1)
     self._perm_epoch, self._perm = None, None
-    # What the run trained on, so that a resume on other data is refused (rundir.check_data).
-    digest = hashlib.sha1()
-    for a in (self.train_images, self.train_labels, test_images, test_labels):
-      digest.update(np.ascontiguousarray(a).data)
-    self.fingerprint = {"train_examples": self.num_train, "test_examples": int(mask.sum()),
-                        "sha1": digest.hexdigest()}
 
   def compile(self, config, model, train_step, base_key):
     """Builds the jitted k-step chunk and the one-dispatch evaluation."""

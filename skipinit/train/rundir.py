@@ -62,9 +62,9 @@ DATA = "data.json"
 def check_data(workdir: str, fingerprint: dict) -> None:
   """Raises DataError if the run in `workdir` was trained on other data than `fingerprint` says.
 
-  data.path and data.source may change between a run and its resume (the data set moved), but
-  the data must not: a resume on, say, a 400-image sample instead of the full set would redefine
-  the epochs and the schedule in the middle of a run. (A run made before data.json: not checked.)
+  data.path may change between a run and its resume (the data set moved), but the data must
+  not: a resume on, say, a 400-image sample instead of the full set would redefine the epochs
+  and the schedule in the middle of a run. (A run made before data.json: not checked.)
   """
   try:
     old = read_json(os.path.join(workdir, DATA))
