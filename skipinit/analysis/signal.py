@@ -34,7 +34,7 @@ import numpy as np
 
 from skipinit import config as config_lib
 from skipinit.data import cifar10
-from skipinit.models import build_model, stage_specs
+from skipinit.models import build_model, stage_specs, validate_model_config
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FULL_CIFAR10 = os.path.join(_REPO, ".cache", "cifar10-jpeg.tar.gz")
@@ -307,6 +307,8 @@ def figure4(out_dir: str, data_path: str | None = None, num_images: int = 128, d
   matplotlib.use("Agg")  # files only; no display needed
   import matplotlib.pyplot as plt
 
+  for overrides in WRN_VARIANTS.values():  # a bad depth or width: one error before any work
+    validate_model_config(wrn_config(depth, width, **overrides))
   os.makedirs(out_dir, exist_ok=True)
   data_path = data_path or default_cifar10_path()
   images = cifar10_images(data_path, num_images, seed=seed)

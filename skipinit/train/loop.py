@@ -297,6 +297,9 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
 
   spe = data.steps_per_epoch
   total = max(1, int(round(t.epochs * spe)))
+  if t.warmup_epochs >= t.epochs:
+    logging.warning("train.warmup_epochs=%g is not shorter than train.epochs=%g: the learning rate "
+                    "never reaches train.lr=%g", t.warmup_epochs, t.epochs, t.lr)
   evals = _boundaries(total, t.eval_every_epochs * spe)
   ckpts = _boundaries(total, t.checkpoint_every_epochs * spe) | {total}
   logs = _boundaries(total, t.log_every_steps)
