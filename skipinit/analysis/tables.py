@@ -92,7 +92,7 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG))
     if isinstance(config, dict):
       params.update(_flatten(config))  # the trainer's resolved config is the truth
-    data = rundir.read_json(os.path.join(run_dir, "data.json"))  # what it trained on
+    data = rundir.read_json(os.path.join(run_dir, rundir.DATA))  # what it trained on
     if isinstance(data, dict):
       params.update({f"data.{k}": v for k, v in data.items()})
     state = rundir.run_state(run_dir)
@@ -224,23 +224,25 @@ def group_runs(runs: Iterable[RunResult], key: Callable[[RunResult], tuple]) -> 
   """Groups runs by `key` then learning rate; returns ({key: Group}, duplicate-run warnings).
 
   Two runs with the same key, learning rate and seed (e.g. the same run in two sweep directories)
-  count once: the first one given that has finished. Runs of one key that differ in a protocol key (epochs, say)
-  are a SweepError.
+  count once: the first one given that has finished. Runs of one key that differ in a protocol
+  key (epochs, say) are a SweepError.
   """
   chosen, warnings, protocols = {}, [], {}
   for r in runs:
     k, lr, seed = key(r), float(r.get("train.lr")), r.get("train.seed", 0)
     _check_protocol(protocols.setdefault(k, {}), r)
     ident = (k, lr, seed)
-    first = chosen.get(ident)
-    if first is None:
-      chosen[ident] = r
+    first = chosen.setdefault(ident, r)
+    if first is r:
       continue
+    # A finished copy beats one that is still to run; otherwise the first one given stays.
+    keep, drop = first, r
     if r.state in rundir.FINISHED and first.state not in rundir.FINISHED:
-      chosen[ident], r, first = r, first, r  # a finished copy beats one that is still to run
-    if r.state in rundir.FINISHED:  # (an ignored copy that never ran loses nothing)
-      warnings.append(f"{os.path.join(r.sweep_dir, r.name)} duplicates "
-                      f"{os.path.join(first.sweep_dir, first.name)}: ignored")
+      keep, drop = r, first
+    chosen[ident] = keep
+    if drop.state in rundir.FINISHED:  # (an ignored copy that never ran loses nothing)
+      warnings.append(f"{os.path.join(drop.sweep_dir, drop.name)} duplicates "
+                      f"{os.path.join(keep.sweep_dir, keep.name)}: ignored")
   groups = {}
   for (k, lr, _), r in chosen.items():
     groups.setdefault(k, {}).setdefault(lr, []).append(r)

@@ -19,6 +19,7 @@ from skipinit import files
 
 STATUS = "status.json"
 CONFIG = "config.json"
+DATA = "data.json"  # the trainer's record of the data a run trains on
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
 LOG = "train.log"

@@ -70,6 +70,8 @@ def check_data(workdir: str, fingerprint: dict) -> None:
     old = read_json(os.path.join(workdir, DATA))
   except (OSError, json.JSONDecodeError):
     return
+  if not isinstance(old, dict):
+    return
   diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
   if diff:
     raise DataError(f"{workdir} was trained on other data ({'; '.join(diff)}): point data.path "
