@@ -116,15 +116,24 @@ def test_huge_learning_rate_ends_diverged(cifar_config, tmp_path):
   assert train_and_evaluate(smoke(cifar_config, "lr=1e6,normalizer=none"), str(tmp_path)) == status
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one(cifar_config, tmp_path):
+@pytest.mark.parametrize("damage", ["garbage", "emptied"])
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(cifar_config, tmp_path, damage):
   cfg = smoke(cifar_config, "epochs=2")
   train_and_evaluate(cfg, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert steps == [8, 16]
-  # Damage every file of the newest checkpoint, then pretend the run was interrupted after it.
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "16"):
+  # Damage the newest checkpoint, then pretend the run was interrupted after it. An emptied step
+  # directory once made orbax read every older step as multi-item, so none restored.
+  newest = tmp_path / "checkpoints" / "16"
+  for root, dirs, files in os.walk(newest, topdown=False):
     for f in files:
-      open(os.path.join(root, f), "wb").write(b"garbage")
+      if damage == "garbage":
+        open(os.path.join(root, f), "wb").write(b"garbage")
+      else:
+        os.remove(os.path.join(root, f))
+    if damage == "emptied":
+      for d in dirs:
+        os.rmdir(os.path.join(root, d))
   rundir.write_status(str(tmp_path), "running", step=16)
   status = train_and_evaluate(cfg, str(tmp_path))
   assert status["status"] == "completed"
@@ -147,6 +156,26 @@ def test_a_checkpoint_that_reads_back_other_values_is_not_restored(cifar_config,
   assert train_and_evaluate(cfg, str(tmp_path))["status"] == "completed"
   assert os.path.exists(tmp_path / "checkpoints" / "corrupt_16")
   assert [r["step"] for r in metrics(tmp_path)] == [8, 16]
+
+
+def test_only_the_closed_loop_callbacks_of_a_failed_read_are_silenced(monkeypatch):
+  """A failed orbax read leaves tensorstore callbacks that print one traceback each."""
+  from skipinit.train import checkpoint
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  checkpoint._drop_closed_loop_callbacks()
+  checkpoint._drop_closed_loop_callbacks()  # installed once, not stacked
+
+  class Unraisable:
+    def __init__(self, message):
+      self.message = message
+
+    def __del__(self):
+      raise RuntimeError(self.message)
+
+  Unraisable("Event loop is closed")
+  Unraisable("something else")
+  assert seen == ["something else"]
 
 
 def test_checksum_sees_every_single_bit_flip():

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,12 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 3):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # One unnamed item, said outright: left to orbax to infer from the newest step directory, an
+    # emptied one (no `default/` inside) would switch the manager to multi-item mode for good and
+    # make every older, intact step unreadable too.
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def save(self, step: int, state) -> None:
     digest = int(jax.device_get(checksum(state)))
@@ -105,6 +110,7 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         state, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        _drop_closed_loop_callbacks()
       # Only once every process has read it back: a process that computed alone could one day
       # wait in a collective (a sharded leaf) for the others.
       saved = self._checksums().get(str(step))
@@ -134,6 +140,27 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Silences the stray callbacks of a failed orbax read, which would bury its one error line.
+
+  When a read fails, orbax's `asyncio.run` closes its event loop while tensorstore still has reads
+  in flight; each one then completes into the closed loop and Python prints a "RuntimeError: Event
+  loop is closed" traceback for it (25 for a damaged manifest of a WRN-16 state). They are
+  harmless: the error was already raised and logged. Only that exact unraisable is dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "skipinit_closed_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.skipinit_closed_loop_filter = True
+  sys.unraisablehook = hook
 
 
 def _gather(value: int) -> list[int]:
