@@ -109,7 +109,7 @@ class Checkpointer:
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        state, error = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        state, error = None, _describe(e)
         _drop_closed_loop_callbacks()
       # Only once every process has read it back: a process that computed alone could one day
       # wait in a collective (a sharded leaf) for the others.
@@ -140,6 +140,18 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _describe(error: BaseException) -> str:
+  """One line for a failed read: its root cause, which names the damaged file and what is wrong.
+
+  Orbax wraps tensorstore's error ("Error reading <array> in OCDBT database at <dir>: Truncated
+  Zstd-compressed stream") in one whose first line is a repr of the whole TensorStore spec.
+  """
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines() or [""]
+  return f"{type(error).__name__}: {lines[0][:300]}"
 
 
 def _drop_closed_loop_callbacks() -> None:
