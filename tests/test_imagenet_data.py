@@ -364,3 +364,19 @@ def test_smoke_config_trains_and_evaluates_on_the_fake_folder(folder, tmp_path):
   assert np.isfinite(status["test_loss"]) and 0.0 <= status["test_acc"] <= 1.0
   lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 1
+
+
+def test_uint8_batches_are_normalized_on_device_like_on_the_host(tmp_path):
+  """normalize_on_host=false ships uint8 pixels; the model must still see (x - mean) / std.
+
+  Unnormalized (SkipInit has no BN to absorb the input scale), 0-255 pixels would give losses
+  far from these (a test loss of 1,100 against 2.3); normalized, the two differ only
+  by the uint8 rounding and clipping of the synthetic images.
+  """
+  from skipinit.train import train_and_evaluate
+  common = "normalizer=skipinit,lr=0.01,epochs=0.5,num_devices=1,"
+  host = train_and_evaluate(_config(common + "normalize_on_host=true"), str(tmp_path / "host"))
+  dev = train_and_evaluate(_config(common + "normalize_on_host=false"), str(tmp_path / "dev"))
+  assert host["step"] == dev["step"] == 2
+  for key in ("train_loss", "test_loss"):
+    assert abs(dev[key] - host[key]) < 0.05 * abs(host[key]), (key, host[key], dev[key])

@@ -168,13 +168,19 @@ class StreamedData:
                         "test_examples": self.source.num_eval_examples}
 
   def compile(self, config, model, train_step, base_key):
+    from skipinit.data import imagenet
+    if self.source.normalized:
+      preprocess = lambda x: x
+    else:  # data.normalize_on_host=False: uint8 batches, normalized here, on device
+      dtype = models.DTYPES[config.model.dtype]
+      preprocess = lambda x: augment.normalize(x, imagenet.MEAN_RGB, imagenet.STDDEV_RGB, dtype)
 
     def one_step(state, images, labels):
       rng = jax.random.fold_in(base_key, state.step)
-      return train_step(state, images, labels, rng)
+      return train_step(state, preprocess(images), labels, rng)
 
     self._step = jax.jit(one_step, donate_argnums=0)
-    self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, lambda x: x))
+    self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, preprocess))
 
   def benchmark_dispatch(self, k: int):
     """(jitted fn, a device batch, examples per call) of one train step: input excluded."""
