@@ -61,6 +61,17 @@ setup() {
 'optax', optax.__version__, jax.devices())" || exit 1
 }
 
+# The part's exit status: 1 when any step failed or was cut by its time limit (what such a step
+# measured before it stopped is kept all the same).
+failed=0
+check() {  # check NAME RC
+  case $2 in
+    0) ;;
+    124|137) echo "$1: cut by its time limit (the rows it finished are kept)"; failed=1 ;;
+    *) echo "$1: failed with status $2 (see $dest/$part.log)"; failed=1 ;;
+  esac
+}
+
 # benchmark SECONDS TAG ARGS...: scripts/benchmark.py with --profile into $dest, bounded.
 benchmark() {
   local seconds=$1 tag=$2
@@ -68,6 +79,16 @@ benchmark() {
   timeout -k 10 "$seconds" python3 scripts/benchmark.py --profile --min_time_s=1.5 \
     --out_dir="$dest" ${tag:+--tag=$tag} "$@" 2>&1 | tee -a "$dest/$part.log" \
     | grep -iE "$SHOW"
+  check "benchmark${tag:+ $tag}" "${PIPESTATUS[0]}"
+}
+
+# torch_benchmark SECONDS ARGS...: the PyTorch reference into $dest, bounded.
+torch_benchmark() {
+  local seconds=$1
+  shift
+  timeout -k 10 "$seconds" python3 scripts/benchmark_torch.py "$@" --out_dir="$dest" 2>&1 \
+    | tee -a "$dest/$part.log" | grep -iE "$SHOW"
+  check "benchmark_torch" "${PIPESTATUS[0]}"
 }
 
 # train NAME ARG SECONDS: trains a config in a scratch dir (a later call resumes it) and keeps its
@@ -79,8 +100,10 @@ train() {
   local rc=${PIPESTATUS[0]}
   if [ "$rc" = 2 ]; then
     echo "$name: refused (see $dest/$name.log); remove $workdir to start it afresh"
+    failed=1
     return
   fi
+  check "$name" "$rc"
   cp "$workdir/status.json" "$dest/${name}_status.json" 2>/dev/null
   cp "$workdir/metrics.jsonl" "$dest/${name}_metrics.jsonl" 2>/dev/null
 }
@@ -99,8 +122,7 @@ case $part in
     # files after each row, so a step cut short keeps what it measured. 7 files under $dest.
     setup
     benchmark 330 "" --rows="$PRIORITY_ROWS"
-    timeout -k 10 110 python3 scripts/benchmark_torch.py $TORCH_QUICK --out_dir="$dest" 2>&1 \
-      | tee -a "$dest/$part.log" | grep -iE "$SHOW"
+    torch_benchmark 110 $TORCH_QUICK
     XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
       benchmark 80 cmdbuf --rows="$CMDBUF_ROWS"
     ls "$dest"
@@ -137,20 +159,28 @@ case $part in
     timeout -k 20 480 python3 scripts/sweep.py --executor=gpus --gpus=0,0,0,0 \
       --sweep="configs/sweeps/batch_size.py:$SWEEP,seeds=1,data.source=folder,data.path=$PWD/$CIFAR,data.cache_dir=$SCRATCH/cache,model.dtype=bfloat16" \
       --sweep_dir="$SCRATCH/sweep" 2>&1 | tee "$dest/sweep.log" | grep -iE "\] gpu|error"
-    if [ "${PIPESTATUS[0]}" = 2 ]; then
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" = 2 ]; then
       echo "sweep refused (see $dest/sweep.log); no tables written"
       exit 2
     fi
-    python3 scripts/make_tables.py --sweep_dir="$SCRATCH/sweep" --out_dir="$SCRATCH/tables"
-    cp "$SCRATCH"/tables/*.md "$SCRATCH"/tables/*.csv "$SCRATCH"/tables/*.png "$dest/" 2>/dev/null
+    check sweep "$rc"
+    # No figures: the GPU image has no matplotlib. The run directories come back as one tarball,
+    # without checkpoints and TensorBoard events: `tar xzf sweep_runs.tgz` here, then make_tables
+    # --sweep_dir=sweep draws them.
+    python3 scripts/make_tables.py --sweep_dir="$SCRATCH/sweep" --out_dir="$SCRATCH/tables" \
+      --nofigures
+    check make_tables "$?"
+    cp "$SCRATCH"/tables/*.md "$SCRATCH"/tables/*.csv "$dest/" 2>/dev/null
+    tar czf "$dest/sweep_runs.tgz" --exclude=checkpoints --exclude=tensorboard -C "$SCRATCH" sweep
     ls "$dest"
     ;;
   torch)
     setup
-    timeout -k 10 500 python3 scripts/benchmark_torch.py $TORCH_ROWS --out_dir="$dest" 2>&1 \
-      | tee "$dest/torch.log" | grep -iE "$SHOW"
+    torch_benchmark 500 $TORCH_ROWS
     ;;
   *)
     echo "error: unknown part '$part': $PARTS" >&2
     exit 2 ;;
 esac
+exit $failed
