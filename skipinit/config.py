@@ -49,7 +49,8 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       scan_unroll=0,             # blocks per nn.scan iteration; 0: auto (unrolls short stages on CPU)
       fused_bn=True,             # batchnorm: hand-written BN+ReLU backward (False: autodiff)
       nf_alpha=0.2, nf_skip_gain_init=0.0,
-      post_activation=False)     # fixup: its reference code's post-activation network
+      post_activation=False,     # fixup: its reference code's post-activation network
+      fixup_init="full")         # fixup: "full", or one half of its init: "zero_only", "rescale_only"
   model.update(model_defaults)
   c.model = model
   c.data = dict(

@@ -110,6 +110,22 @@ def test_fixup_init_scales_branch_convs_by_depth():
   assert float(jnp.abs(params["classifier"]["kernel"]).max()) == 0.0
 
 
+@pytest.mark.parametrize("half", ["zero_only", "rescale_only"])
+def test_fixup_ablations_keep_one_half_of_its_init(half):
+  """The SkipInit paper's Fixup ablations [2nd]: only the zero init, or only the rescale."""
+  params = init(model_config(depth=22, width=1, normalizer="fixup", fixup_init=half),
+                images(2))["params"]
+  conv0, conv1 = (params["stage1_blocks"][c]["kernel"] for c in ("conv0", "conv1"))
+  he_fan_out = np.sqrt(2.0 / (3 * 3 * conv0.shape[-1]))
+  rescale = 9 ** -0.5 if half == "rescale_only" else 1.0  # L = 9 blocks, m = 2
+  assert abs(float(jnp.std(conv0)) / (he_fan_out * rescale) - 1) < 0.1
+  if half == "zero_only":
+    assert float(jnp.abs(conv1).max()) == 0.0
+  else:
+    assert abs(float(jnp.std(conv1)) / (he_fan_out * rescale) - 1) < 0.1
+  assert float(jnp.abs(params["classifier"]["kernel"]).max()) == 0.0
+
+
 def test_post_activation_fixup_is_the_reference_network():
   """Fixup's reference block (official code, DeepMind's fixup_resnet.py), written out by hand and
   compared with the model on random weights, every scalar bias and multiplier included:
@@ -280,6 +296,8 @@ def test_ghost_bn_train_output_does_not_depend_on_device_count():
     (dict(name="vgg"), "wrn, resnet_v2"),
     (dict(name="resnet_v2", depth=34), "50, 101"),
     (dict(dtype="float16"), "float32, bfloat16"),
+    (dict(normalizer="fixup", fixup_init="zero"), "full, zero_only, rescale_only"),
+    (dict(normalizer="skipinit", fixup_init="zero_only"), "normalizer='fixup' only"),
 ])
 def test_bad_model_configs_raise_clear_errors(overrides, message):
   with pytest.raises(ConfigError, match=message.replace("+", r"\+")):

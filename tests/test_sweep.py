@@ -286,6 +286,8 @@ def test_each_skipinit_method_builds_the_network_its_label_names():
                "skipinit_inv_sqrt_d"):
     assert recipe(name).conv_bias, name
   assert recipe("skipinit_reg") != recipe("skipinit_nobias")
+  assert [recipe(n).fixup_init for n in ("fixup", "fixup_zero_only", "fixup_rescale_only")] == [
+      "full", "zero_only", "rescale_only"]
 
 
 def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, monkeypatch):

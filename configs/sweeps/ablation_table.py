@@ -17,6 +17,8 @@ Run (full budget: 3 depths x 6 methods x 7 learning rates x 3 seeds = 378 runs):
 Knobs: epochs=200, seeds=3, lr_exps=-6:0, depths=16;100;1000, width=2, batch_size=64,
 dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_nobias;skipinit_reg,
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
+Fixup's initialization in halves (either alone suffices, the paper reports):
+  methods=fixup;fixup_zero_only;fixup_rescale_only
 """
 
 from skipinit.sweep import methods as methods_lib

@@ -38,8 +38,10 @@ class Recipe:
   # here, so that the tables compare initializations and normalizers on one architecture;
   # `post_activation` builds the reference code's network instead (relu after the sum, a biased
   # relu after the stem, no activation before the pool).
+  # `fixup_init`: "" (He init), "full" (Fixup's), or the SkipInit paper's ablations of it [2nd]:
+  # "zero_only" (last conv zero, no rescale) and "rescale_only" (every conv rescaled, none zero).
   scalar_biases: bool = False
-  fixup_init: bool = False
+  fixup_init: str = ""
   zero_init_classifier: bool = False
   post_activation: bool = False
   # NF-ResNets (Brock et al. 2021): scaled weight standardization, a gained ReLU, and each
@@ -53,7 +55,7 @@ BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True)
 SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name="alpha",
                              gain_init=0.0, zero_init_classifier=True)
 Fixup = functools.partial(Recipe, name="fixup", gain_name="scale", gain_init=1.0,
-                          scalar_biases=True, fixup_init=True, zero_init_classifier=True)
+                          scalar_biases=True, fixup_init="full", zero_init_classifier=True)
 NoNorm = functools.partial(Recipe, name="none", conv_bias=True)
 Sqrt2Merge = functools.partial(Recipe, name="sqrt2_merge", conv_bias=True, out_scale=1 / math.sqrt(2))
 NFNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain", gain_init=0.0,
@@ -70,6 +72,7 @@ RECIPES = {
     "nf": NFNet,
 }
 NAMED_ALPHAS = ("0", "inv_sqrt_d", "1")
+FIXUP_INITS = ("full", "zero_only", "rescale_only")
 
 
 def parse_alpha_init(value, num_blocks: int) -> float:
@@ -99,6 +102,15 @@ def make_recipe(model_config, num_blocks: int) -> Recipe:
   if name == "nf":
     overrides["branch_multiplier"] = float(model_config.get("nf_alpha", 0.2))
     overrides["gain_init"] = float(model_config.get("nf_skip_gain_init", 0.0))
+  fixup_init = str(model_config.get("fixup_init", "full"))
+  if fixup_init not in FIXUP_INITS:
+    raise ConfigError(f"model.fixup_init={fixup_init!r} is unknown: use one of "
+                      f"{', '.join(FIXUP_INITS)}")
+  if name == "fixup":
+    overrides["fixup_init"] = fixup_init
+  elif fixup_init != "full":
+    raise ConfigError(f"model.fixup_init={fixup_init!r} applies to model.normalizer='fixup' only, "
+                      f"not to {name!r}")
   conv_bias = model_config.get("conv_bias", None)
   if conv_bias is not None:
     overrides["conv_bias"] = bool(conv_bias)

@@ -119,8 +119,11 @@ class PreActBlock(_RecipeMixin, nn.Module):
     out_features, stride = self.convs[-1][0], max(s for _, _, s in self.convs)
     m = len(self.convs)
     # Fixup's convs follow its official code (and DeepMind's): a plain normal on the fan-out, the
-    # branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std.
-    fixup_std2 = 2.0 * self.num_blocks ** (-1.0 / (m - 1))
+    # branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std. Its ablations keep
+    # one half: the zero (others unscaled), or the rescale (of every conv, the last one included).
+    zero_last = r.fixup_init in ("full", "zero_only")
+    rescale = 2.0 * self.num_blocks ** (-1.0 / (m - 1))
+    fixup_std2 = rescale if r.fixup_init in ("full", "rescale_only") else 2.0
     proj_init = _fan_out_normal(2.0) if r.fixup_init else he_normal
     skip = self.conv(out_features, 1, stride, "proj", kernel_init=proj_init)(o) if self.project else x
 
@@ -130,7 +133,8 @@ class PreActBlock(_RecipeMixin, nn.Module):
         y = self.scalar_bias(self.activate(y, f"norm{i}", self.train), f"conv{i}_bias")
       init = he_normal
       if r.fixup_init:
-        init = nn.initializers.zeros if i == m - 1 else _fan_out_normal(fixup_std2)
+        last = i == m - 1 and zero_last
+        init = nn.initializers.zeros if last else _fan_out_normal(fixup_std2)
       y = self.conv(features, kernel, s, f"conv{i}", kernel_init=init)(y)
 
     # Before alpha, which SkipInit starts at 0: Figure 4 (skipinit.analysis.signal) plots it.

@@ -24,6 +24,9 @@ def method_overrides(dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
       "fixup": {"model.normalizer": "fixup"},
       # Fixup as its reference code builds it (post-activation), for comparison with its numbers.
       "fixup_post": {"model.normalizer": "fixup", "model.post_activation": True},
+      # Fixup's initialization in halves: either alone suffices, the SkipInit paper reports [2nd].
+      "fixup_zero_only": {"model.normalizer": "fixup", "model.fixup_init": "zero_only"},
+      "fixup_rescale_only": {"model.normalizer": "fixup", "model.fixup_init": "rescale_only"},
       # Ablations (PAPER.md sections 1.2 and 5): expected to fail at depth 1000, or to lose accuracy.
       "skipinit_a1": {**skipinit0, "model.alpha_init": "1"},
       "sqrt2_merge": {"model.normalizer": "sqrt2_merge"},
@@ -46,6 +49,8 @@ LABELS = {
     "skipinit_inv_sqrt_d": "SkipInit (α=1/√d)",
     "fixup": "Fixup",
     "fixup_post": "Fixup (post-activation)",
+    "fixup_zero_only": "Fixup, zero init only",
+    "fixup_rescale_only": "Fixup, rescale only",
     "skipinit_a1": "SkipInit (α=1)",
     "sqrt2_merge": "√2 merge",
     "none": "No normalization",
