@@ -124,8 +124,24 @@ def test_knobs_presets_and_config_overrides():
   assert all(r.overrides["data.synthetic_train_size"] == 128 for r in runs)
   with pytest.raises(spec.SweepError, match="unknown sweep knob 'lrs'"):
     spec.load_sweep(CHEAP_DEPTH + ",lrs=1")
-  with pytest.raises(spec.SweepError, match="expected a int"):
+  with pytest.raises(spec.SweepError, match="'two' is not an integer"):
     spec.load_sweep(CHEAP_DEPTH + ",seeds=two")
+  with pytest.raises(spec.SweepError, match="a range is lo:hi"):
+    spec.load_sweep(CHEAP_DEPTH + ",lr_exps=-3:1:2")
+
+
+def test_a_preset_sets_the_knobs_the_sweep_would_set_over_it():
+  """preset=smoke alone gives smoke-sized runs; a knob given explicitly still wins."""
+  depth_table = os.path.join(SWEEPS, "depth_table.py")
+  runs = spec.expand(spec.load_sweep(depth_table + ":preset=smoke,seeds=1,lr_exps=-1"))
+  assert {(r.overrides["model.depth"], r.overrides["model.width"], r.overrides["train.epochs"],
+           r.overrides["train.batch_size"]) for r in runs} == {(10, 1, 2.0, 32)}
+  runs = spec.expand(spec.load_sweep(depth_table + ":preset=smoke,seeds=1,lr_exps=-1,epochs=1"))
+  assert {r.overrides["train.epochs"] for r in runs} == {1.0}
+  batch = spec.load_sweep(os.path.join(SWEEPS, "batch_size.py") + ":preset=smoke,batch_exps=5")
+  assert batch["knobs"]["ghost"] == 4 and batch["knobs"]["depth"] == 10
+  # Without a preset the sweep's own defaults hold.
+  assert {r.overrides["model.depth"] for r in spec.expand(spec.load_sweep(CHEAP_DEPTH))} == {16, 100}
   with pytest.raises(spec.SweepError, match="unknown config key"):
     spec.expand(spec.load_sweep(CHEAP_DEPTH + ",train.lrr=1"))
   with pytest.raises(spec.SweepError, match="sets model.normalizer, train.lr itself"):

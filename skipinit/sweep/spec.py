@@ -6,7 +6,8 @@ run is a flat dict: "method" (the table row, see `skipinit.sweep.methods`) plus 
 ("train.lr": 0.0625, ...). The sweep argument is the sweep's budget knobs and, optionally, config
 overrides for every run and presets for the base config:
   "epochs=1,seeds=1,lr_exps=-4:-2,depths=16"   knobs (keyword arguments of the sweep function)
-  "preset=smoke"                                presets appended to the base config argument
+  "preset=smoke"                                presets appended to the base config argument;
+                                                they also set the knobs named in PRESET_KNOBS
   "data.source=folder,data.path=/x.tar.gz"      full config keys: set in every run
 
 `expand` names every run `<method>/<axis values>` from the values that vary within a method
@@ -86,7 +87,8 @@ def sibling_config(sweep_file: str, name: str) -> str:
 
 # ---------------------------------------------------------------------------------------- knobs
 
-def _convert(knob: str, text: str, default):
+def _convert(knob: str, text: str, default, whole: str | None = None):
+  """`text` as the type of `default`; `whole` is the knob's full value, for the error."""
   try:
     if isinstance(default, bool):
       low = text.lower()
@@ -98,7 +100,10 @@ def _convert(knob: str, text: str, default):
     if isinstance(default, float):
       return float(text)
   except ValueError:
-    raise SweepError(f"sweep argument {knob}={text!r}: expected a {type(default).__name__}") from None
+    kind = ("true or false" if isinstance(default, bool) else "an integer"
+            if isinstance(default, int) else "a number")
+    where = f" (in {knob}={whole!r})" if whole not in (None, text) else ""
+    raise SweepError(f"sweep argument {knob}: {text!r} is not {kind}{where}") from None
   return text
 
 
@@ -109,11 +114,15 @@ def _parse_knob(knob: str, text: str, default):
   # "lo:hi" is an inclusive integer range (exponents of a powers-of-2 grid); "a;b;c" a list.
   if ":" in text and isinstance(element, int) and not isinstance(element, bool):
     lo, _, hi = text.partition(":")
-    lo, hi = _convert(knob, lo, 0), _convert(knob, hi, 0)
+    if ":" in hi:
+      raise SweepError(f"sweep argument {knob}={text!r}: a range is lo:hi (inclusive, step 1); "
+                       "list other values as a;b;c")
+    lo, hi = _convert(knob, lo, 0, text), _convert(knob, hi, 0, text)
     if hi < lo:
       raise SweepError(f"sweep argument {knob}={text!r}: empty range (use lo:hi with lo <= hi)")
     return tuple(range(lo, hi + 1))
-  return tuple(_convert(knob, item.strip(), element) for item in text.split(";") if item.strip())
+  return tuple(_convert(knob, item.strip(), element, text) for item in text.split(";")
+               if item.strip())
 
 
 def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
@@ -139,12 +148,42 @@ def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
   return knobs, presets, extra
 
 
+# A sweep sets these config keys in every run from its knobs, so a preset's value of one would never
+# reach a run: instead it becomes the knob's default ("preset=smoke" alone gives smoke-sized runs).
+PRESET_KNOBS = {"depths": "model.depth", "depth": "model.depth", "width": "model.width",
+                "epochs": "train.epochs", "batch_size": "train.batch_size",
+                "ghost": "model.ghost_batch_size"}
+
+
+def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: str,
+                        config_arg: str) -> dict:
+  """The PRESET_KNOBS values `presets` change, for the knobs of `fn` the argument does not give."""
+  params = inspect.signature(fn).parameters
+  wanted = [k for k in PRESET_KNOBS if k in params and k not in knobs]
+  if not presets or not wanted:
+    return {}
+  try:
+    plain = cfg_lib.load_config_file(config, config_arg or None)
+    preset = cfg_lib.load_config_file(config, ",".join(filter(None, [config_arg, *presets])))
+  except ConfigError as e:
+    raise SweepError(f"preset={';'.join(presets)}: {e}") from None
+  derived = {}
+  for knob in wanted:
+    section, key = PRESET_KNOBS[knob].split(".")
+    value = preset[section][key]
+    if value != plain[section][key]:
+      default = params[knob].default
+      derived[knob] = (value,) if isinstance(default, (tuple, list)) else type(default)(value)
+  return derived
+
+
 def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str | None,
                config: str, config_arg: str = "") -> dict:
   """What a sweep file's `get_sweep(arg)` returns: the runs of `fn` and what to train them with."""
   if table not in TABLES:
     raise SweepError(f"sweep {name}: table={table!r} is unknown: use one of {', '.join(TABLES)}")
   knobs, presets, extra = parse_arg(arg, fn)
+  knobs = {**_knobs_from_presets(fn, knobs, presets, config, config_arg), **knobs}
   runs = fn(**knobs)
   if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
     raise SweepError(f"sweep function {fn.__name__} must return a list of dicts")
