@@ -10,11 +10,14 @@ r"""Trains one model: python scripts/train.py --config=configs/cifar10_wrn.py:16
 
 Re-running the same command resumes from the last checkpoint; a finished run is not redone.
 Exit status: 0 for a completed or diverged run (divergence is a result) and for a run stopped by
-SIGTERM at a checkpoint (status.json says "running", "preempted": re-run to resume), 1 for a
-failed run, 2 for bad input (config, data, run directory), reported as one line.
+SIGTERM at a checkpoint (status.json says "running", "preempted": re-run to resume), 130 for one
+that Ctrl-C stopped there the same way (a second Ctrl-C aborts at once), 1 for a failed run, 2 for
+bad input (config, data, run directory), reported as one line.
 """
 
+import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -35,7 +38,25 @@ class _QuietLibraries:
     return record.levelno > 20 or "orbax" not in record.pathname
 
 
+def _stop_with_the_sweep() -> None:
+  """A sweep's trainer gets SIGTERM when the sweep process dies, even by SIGKILL (Linux).
+
+  It then checkpoints and exits, as when the sweep stops it, instead of training on alone and
+  holding its run's lock, so that a relaunch would skip the run as busy. The sweep names itself
+  in SKIPINIT_SWEEP_PID; a sweep already gone by now means stop at once.
+  """
+  parent = os.environ.get("SKIPINIT_SWEEP_PID")
+  if not parent or not sys.platform.startswith("linux"):
+    return
+  import ctypes  # prctl has no binding in the standard library
+  pr_set_pdeathsig = 1
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+  if os.getppid() != int(parent):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv):
+  _stop_with_the_sweep()
   if len(argv) > 1:
     print(f"error: unexpected arguments {' '.join(argv[1:])!r}: config values go after the "
           "config file's ':' joined by commas (--config=configs/cifar10_wrn.py:smoke,lr=0.1) or "
@@ -57,7 +78,7 @@ def main(argv):
   logging.info("final status: %s", status)
   print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                  for k, v in status.items()))
-  return 0
+  return 130 if status.get("interrupted") else 0  # Ctrl-C: checkpointed, but not done
 
 
 def _config_error_line(e: Exception) -> str:

@@ -314,26 +314,59 @@ def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, mon
 
 
 def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunches(tmp_path):
-  """The real trainer refuses a missing data path (exit 2, nothing written); the sweep records it.
+  """The real trainer refuses data it cannot read (exit 2, nothing written); the sweep records it.
   Where the data lives is not part of the sweep's identity: the corrected launch is accepted."""
   arg = ("preset=smoke,depth=10,width=1,epochs=1,seeds=1,batch_exps=5,lr_exps=-2,"
          "methods=batchnorm,train.num_devices=1,data.source=folder,data.path=")
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":" + arg
   d = tmp_path / "sw"
-  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/no/such/cifar", d)
-  assert rc == 1 and "REFUSED: error: data.path='/no/such/cifar' does not exist" in logs[-3]
+  # A path that does not exist is refused before anything starts (or pins the directory).
+  with pytest.raises(spec.SweepError, match="data.path='/no/such/cifar' does not exist"):
+    _launch(sweep + "/no/such/cifar", d)
+  assert not d.exists()
+  empty, other = tmp_path / "empty", tmp_path / "other"
+  empty.mkdir(), other.mkdir()
+  rc, logs = _launch(sweep + str(empty), d)
+  assert rc == 1 and "REFUSED: error: no train images found" in logs[-3]
+  assert "refused by the trainer" in logs[-1] and "resume from their checkpoints" not in logs[-1]
   status = json.loads((d / "batchnorm" / "status.json").read_text())
-  assert status["status"] == "failed" and "does not exist" in status["error"]
+  assert status["status"] == "failed" and "no train images" in status["error"]
   classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
   assert [r.name for r in classes["failed"]] == ["batchnorm"]
   # Another grid is still refused; another data path is not.
   with pytest.raises(spec.SweepError, match="holds a different sweep"):
-    _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg.replace("lr_exps=-2", "lr_exps=-3")
-            + "/no/such/cifar", d, dry_run=True)
-  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/elsewhere", d,
-                     dry_run=True)
-  assert rc == 0 and "1 failed" in logs[0] and "--config.data.path=/elsewhere" in logs[-1]
+    _launch(sweep.replace("lr_exps=-2", "lr_exps=-3") + str(empty), d, dry_run=True)
+  rc, logs = _launch(sweep + str(other), d, dry_run=True)
+  assert rc == 0 and "1 failed" in logs[0] and f"--config.data.path={other}" in logs[-1]
   # Relaunched for real: refused again (this attempt's reason), and sweep.json names the new path.
-  rc, logs = _launch(os.path.join(SWEEPS, "batch_size.py") + ":" + arg + "/elsewhere", d)
-  assert rc == 1 and "data.path='/elsewhere' does not exist" in logs[-3]
-  assert "/elsewhere" in json.loads((d / "batchnorm" / "status.json").read_text())["error"]
-  assert spec.read_manifest(str(d))["arg"].endswith("data.path=/elsewhere")
+  rc, logs = _launch(sweep + str(other), d)
+  assert rc == 1 and str(other) in json.loads((d / "batchnorm" / "status.json").read_text())["error"]
+  assert spec.read_manifest(str(d))["arg"].endswith(f"data.path={other}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG): Linux")
+def test_a_trainer_gets_sigterm_when_its_sweep_dies_even_by_sigkill(tmp_path):
+  """A sweep killed with SIGKILL can stop nothing itself: its trainers must not train on alone."""
+  marker = tmp_path / "sigterm"
+  child = textwrap.dedent(f"""\
+      import importlib.util, signal, sys, time
+      spec = importlib.util.spec_from_file_location("train", {os.path.join(REPO, "scripts", "train.py")!r})
+      train = importlib.util.module_from_spec(spec); spec.loader.exec_module(train)
+      signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, "w").close(), sys.exit(0)))
+      train._stop_with_the_sweep()
+      print("ready", flush=True)
+      time.sleep(60)
+      """)
+  parent = textwrap.dedent(f"""\
+      import os, subprocess, sys
+      env = dict(os.environ, SKIPINIT_SWEEP_PID=str(os.getpid()))
+      p = subprocess.Popen([sys.executable, "-c", {child!r}], env=env, stdout=subprocess.PIPE, text=True)
+      assert p.stdout.readline().strip() == "ready"
+      os.kill(os.getpid(), 9)  # the sweep, SIGKILLed
+      """)
+  subprocess.run([sys.executable, "-c", parent], timeout=60)
+  for _ in range(100):
+    if marker.exists():
+      break
+    threading.Event().wait(0.1)
+  assert marker.exists()

@@ -44,8 +44,8 @@ def test_smoke_training_learns_and_writes_the_run_directory(cifar_config, tmp_pa
 class _StopAfter:
   """Stands in for loop._Preemption: asks for a stop (as SIGTERM would) at the n-th boundary."""
 
-  def __init__(self, n):
-    self.n = n
+  def __init__(self, n, reason="SIGTERM"):
+    self.n, self.reason = n, reason
 
   def __call__(self):
     return self
@@ -94,6 +94,28 @@ def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
   assert walls == sorted(walls) and walls[0] > 0  # wall time goes on across the resume
   assert {k: resumed[k] for k in ("train_loss", "test_acc", "test_loss")} == \
          {k: full[k] for k in ("train_loss", "test_acc", "test_loss")}
+
+
+def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
+  import signal
+  with loop._Preemption() as preempt:
+    assert not preempt.requested
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preempt.requested and preempt.reason.startswith("Ctrl-C")
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_stop_is_checkpointed_and_marked_interrupted(cifar_config, tmp_path, monkeypatch):
+  cfg = smoke(cifar_config, "epochs=2")
+  monkeypatch.setattr(loop, "_Preemption", _StopAfter(1, reason="Ctrl-C (SIGINT)"))
+  first = train_and_evaluate(cfg, str(tmp_path))
+  assert first["status"] == "running" and first["preempted"] and first["interrupted"]
+  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert steps == [first["step"]]
+  monkeypatch.undo()
+  assert train_and_evaluate(cfg, str(tmp_path))["status"] == "completed"
 
 
 def test_one_and_eight_devices_give_the_same_losses(cifar_config, tmp_path):

@@ -94,12 +94,20 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
     outcomes = executors.run_local(sweep_dir, todo, config, config_arg, train_script, log)
   if outcomes:
     log("done: " + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items())))
-  failed = outcomes.get("failed", 0) + outcomes.get("running", 0)
-  if failed:
+  busy = len(classes["busy"]) + outcomes.get("busy", 0)
+  if busy:
+    log(f"{busy} runs were busy and not started: another process holds their lock (a trainer of "
+        "an earlier launch still running?); launch again once it has ended")
+  refused = [r for r in todo if (rundir.read_status(os.path.join(sweep_dir, r.name)) or {})
+             .get("refused")]
+  if refused:
+    log(f"{len(refused)} runs were refused by the trainer (their REFUSED lines above): correct "
+        "what the error names, then launch again")
+  failed = outcomes.get("failed", 0) + outcomes.get("running", 0) - len(refused)
+  if failed > 0:
     log(f"{failed} runs failed or were interrupted: see train.log in their run directories; "
         "launch the same command again to retry them (they resume from their checkpoints)")
-    return 1
-  return 0
+  return 1 if failed > 0 or refused else 0
 
 
 __all__ = ["EXECUTORS", "Run", "SweepError", "expand", "launch", "load_sweep", "make_sweep",

@@ -176,7 +176,9 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       log.flush()
       attempt_start = log.tell()
       # pass_fds: the trainer inherits the lock, so it stays held while training even if this
-      # worker dies; closing our copy later does not release the trainer's.
+      # worker dies; closing our copy later does not release the trainer's. SKIPINIT_SWEEP_PID:
+      # the trainer stops (checkpointed) when this process dies, even by SIGKILL (train.py).
+      env = dict(os.environ if env is None else env, SKIPINIT_SWEEP_PID=str(os.getpid()))
       p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                            pass_fds=(lock.fd,))
       _ACTIVE.add(p)

@@ -274,7 +274,8 @@ def _run_names(runs: list[tuple[str, dict]]) -> list[str]:
 def expand(sweep: dict, validate: bool = True) -> list[Run]:
   """The sweep's runs with their directory names; with `validate`, every config is built and checked.
 
-  Raises SweepError (one line) for a bad method name, an unknown config key, an invalid config, or
+  Raises SweepError (one line) for a bad method name, an unknown config key, an invalid config, a
+  folder data set that does not exist (each trainer would refuse it, one process per run), or
   two runs with the same config.
   """
   raw = []
@@ -308,6 +309,11 @@ def expand(sweep: dict, validate: bool = True) -> list[Run]:
         cfg_lib.validate(config)
       except ConfigError as e:
         raise SweepError(f"run {name}: {e}") from None
+      path = os.path.expanduser(config.data.path)
+      if config.data.source == "folder" and not os.path.exists(path):
+        raise SweepError(f"run {name}: data.path={config.data.path!r} does not exist (data.source="
+                         "folder): give the data set's folder or .tar.gz, e.g. "
+                         "data.path=/data/cifar10-jpeg.tar.gz")
       # Typed values (a "0.1" from the sweep argument becomes 0.1) keep names and the manifest exact.
       overrides = {k: _jsonable(config[k.split(".")[0]][k.split(".")[1]]) for k in overrides}
       for key in TABLE_KEYS:

@@ -28,25 +28,40 @@ DIVERGED, COMPLETED, FAILED, RUNNING = "diverged", "completed", "failed", "runni
 
 
 class _Preemption:
-  """Turns SIGTERM (what SLURM and cloud schedulers send before killing) into a clean stop."""
+  """Turns SIGTERM (what SLURM and cloud schedulers send before killing) and a first Ctrl-C into a
+  clean stop at the next boundary, checkpointed. A second Ctrl-C aborts at once, as usual."""
+
+  SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.reason = ""  # the signal that asked to stop, as a log line names it
+    self._previous = {}
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+      self._previous = {}
     return self
 
-  def _handle(self, *_):
+  def _handle(self, signum, frame):
     self.requested = True
+    self.reason = self.reason or self.SIGNALS[signum]
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # the next one interrupts
+      logging.warning("Ctrl-C: stopping at the next checkpoint boundary; press Ctrl-C again to "
+                      "abort now (the run then resumes from its last saved checkpoint)")
 
   def __exit__(self, *_):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+
+def _stopped_by(preempt) -> dict:
+  """status.json's note of a Ctrl-C stop (train.py then exits 130, as an interrupted command)."""
+  return {"interrupted": True} if preempt.reason.startswith("Ctrl-C") else {}
 
 
 def _stop_everywhere(preempt) -> bool:
@@ -311,10 +326,10 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
   logs = _boundaries(total, t.log_every_steps)
   stops = sorted(s for s in evals | ckpts | logs if s > start)
   if _stop_everywhere(preempt):  # SIGTERM while building or restoring: the checkpoint is the state
-    logging.warning("SIGTERM before training: stopped at step %d; re-run the command to resume",
-                    start)
+    logging.warning("%s before training: stopped at step %d; re-run the command to resume",
+                    preempt.reason or "a stop on another process", start)
     return rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe,
-                               total_steps=total, preempted=True)
+                               total_steps=total, preempted=True, **_stopped_by(preempt))
   rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe, total_steps=total)
   logging.info("training %s-%s %s for %d steps (%d per epoch) on %d devices, batch %d",
                config.model.name, config.model.depth, config.model.normalizer, total, spe,
@@ -368,10 +383,11 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
         if step < total:  # status.json: how far the run got (the checkpoint saved or being saved)
           rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe, total_steps=total)
       if stop_now and step < total:
-        logging.warning("SIGTERM: checkpoint saved at step %d; re-run the command to resume", step)
+        logging.warning("%s: checkpoint saved at step %d; re-run the command to resume",
+                        preempt.reason or "a stop on another process", step)
         ckpt.wait()
         return rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe,
-                                   total_steps=total, preempted=True)
+                                   total_steps=total, preempted=True, **_stopped_by(preempt))
   except Exception as e:
     final(FAILED, step=step, epoch=step / spe, error=f"{type(e).__name__}: {e}"[:2000])
     raise
