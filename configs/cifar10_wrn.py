@@ -42,6 +42,7 @@ def _sample(config):
       "train.schedule": "cosine", "train.eval_batch_size": 100})
 
 
+_depth_width.label = "N-K (depth-width, e.g. 16-4)"
 PRESETS = {r"(\d+)-(\d+)": _depth_width, "smoke": _smoke, "sample": _sample}
 
 

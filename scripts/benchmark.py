@@ -134,7 +134,7 @@ def main(argv):
     print("\n" + profiles)
   targets = benchmark.check_targets(results)
   if targets:
-    print(f"\nIssue 6 targets ({_reference_note(device)}):\n" + "\n".join(targets))
+    print(f"\nPerformance targets ({_reference_note(device)}):\n" + "\n".join(targets))
   failed = [r for r in results if r.error]
   if failed:
     print(f"\n{len(failed)} of {len(results)} rows failed (their errors are in the table)",
@@ -164,7 +164,7 @@ def _write(base: str, results, command: str, stamp: str, device: str, jax) -> No
     text += "\n## Device trace per step (jax.profiler)\n\n" + profiles + "\n"
   targets = benchmark.check_targets(results)
   if targets:
-    text += (f"\n## Issue 6 targets ({_reference_note(device)})\n\n"
+    text += (f"\n## Performance targets ({_reference_note(device)})\n\n"
              + "\n".join(f"- {t}" for t in targets) + "\n")
   with open(base + ".md.tmp", "w") as f:
     f.write(text)

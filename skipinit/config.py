@@ -163,8 +163,10 @@ def apply_arg(config, arg: str | None, presets: Mapping[str, Callable]) -> ml_co
         preset(config, *match.groups())
         break
     else:
+      names = (getattr(p, "label", "") or re.sub(r"[()]", "", k).replace("|", ", ")
+               for k, p in presets.items())
       raise ConfigError(f"unknown config argument {item!r}: use key=value or one of the presets "
-                        f"{', '.join(presets)}")
+                        f"{', '.join(names)}")
   return config
 
 

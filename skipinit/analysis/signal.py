@@ -311,6 +311,10 @@ def figure4(out_dir: str, data_path: str | None = None, num_images: int = 128, d
     validate_model_config(wrn_config(depth, width, **overrides))
   os.makedirs(out_dir, exist_ok=True)
   data_path = data_path or default_cifar10_path()
+  if data_path == SAMPLE_CIFAR10:
+    log(f"warning: {os.path.relpath(FULL_CIFAR10, _REPO)} is not there: measuring the 400-image "
+        "sample in tests/data instead (give --data_path=<CIFAR-10 folder or .tar.gz> for the "
+        f"real data set); this overwrites {out_dir}/fig4_variance_at_init.*")
   images = cifar10_images(data_path, num_images, seed=seed)
   start = time.time()
   wrn = {}
