@@ -22,6 +22,7 @@ import traceback
 from absl import app, flags
 
 from skipinit import ConfigError, config as cfg_lib
+from skipinit.cli import parse_flags_or_exit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORMALIZERS = ("batchnorm", "skipinit", "fixup", "nf")
@@ -172,4 +173,4 @@ def _write(base: str, results, command: str, stamp: str, device: str, jax) -> No
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import ConfigError, SkipInitError
 
 # Figure 3
@@ -84,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 from skipinit.analysis import tables
+from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import SkipInitError
 
 FLAGS = flags.FLAGS
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

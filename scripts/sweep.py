@@ -16,8 +16,9 @@ import sys
 
 from absl import app, flags
 
-from skipinit.errors import SkipInitError
 from skipinit import sweep as sweep_lib
+from skipinit.cli import parse_flags_or_exit
+from skipinit.errors import SkipInitError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("sweep", None, "Sweep file and its knobs: configs/sweeps/NAME.py[:k=v,...].")
@@ -76,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_or_exit)

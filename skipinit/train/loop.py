@@ -356,9 +356,10 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
         now = time.time()
         rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
         eta = (total - step) * t.batch_size / max(rate, 1e-9)
-        logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s ETA %s",
+        logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s%s ETA %s",
                      step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
-                     100 * sums[1] / max(sums[2], 1), rate, _format_eta(eta))
+                     100 * sums[1] / max(sums[2], 1), rate,
+                     " (compile included)" if window_step == start else "", _format_eta(eta))
       if step in evals:
         ev = data.evaluate(state)
         record = {"step": step, "epoch": step / spe,
