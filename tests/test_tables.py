@@ -239,3 +239,15 @@ def test_make_tables_script(bs_dir, tmp_path):
   assert p.returncode == 2 and p.stderr.strip() == (
       f"error: {str(tmp_path)!r} is not a sweep directory: it has no sweep.json "
       "(scripts/sweep.py writes one)")
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("make_tables.py", ["--out_dir=/tmp/unused"], "flag --sweep_dir=None"),
+    ("sweep.py", ["--sweep=x.py", "--sweep_dir=/tmp/unused", "--executor=gpu"],
+     "value should be one of <local|gpus|slurm>"),
+])
+def test_a_bad_flag_is_one_error_line_and_exit_2(script, args, message):
+  p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", script), *args],
+                     capture_output=True, text=True)
+  assert p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
+  assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
