@@ -64,11 +64,11 @@ setup() {
 # The part's exit status: 1 when any step failed or was cut by its time limit (what such a step
 # measured before it stopped is kept all the same).
 failed=0
-check() {  # check NAME RC
+check() {  # check NAME RC [LOG]
   case $2 in
     0) ;;
-    124|137) echo "$1: cut by its time limit (the rows it finished are kept)"; failed=1 ;;
-    *) echo "$1: failed with status $2 (see $dest/$part.log)"; failed=1 ;;
+    124|137) echo "$1: cut by its time limit (what it finished is kept)"; failed=1 ;;
+    *) echo "$1: failed with status $2 (see ${3:-$dest/$part.log})"; failed=1 ;;
   esac
 }
 
@@ -103,7 +103,7 @@ train() {
     failed=1
     return
   fi
-  check "$name" "$rc"
+  check "$name" "$rc" "$dest/$name.log"
   cp "$workdir/status.json" "$dest/${name}_status.json" 2>/dev/null
   cp "$workdir/metrics.jsonl" "$dest/${name}_metrics.jsonl" 2>/dev/null
 }
@@ -164,7 +164,7 @@ case $part in
       echo "sweep refused (see $dest/sweep.log); no tables written"
       exit 2
     fi
-    check sweep "$rc"
+    check sweep "$rc" "$dest/sweep.log"
     # No figures: the GPU image has no matplotlib. The run directories come back as one tarball,
     # without checkpoints and TensorBoard events: `tar xzf sweep_runs.tgz` here, then make_tables
     # --sweep_dir=sweep draws them.
@@ -173,6 +173,7 @@ case $part in
     check make_tables "$?"
     cp "$SCRATCH"/tables/*.md "$SCRATCH"/tables/*.csv "$dest/" 2>/dev/null
     tar czf "$dest/sweep_runs.tgz" --exclude=checkpoints --exclude=tensorboard -C "$SCRATCH" sweep
+    check "tar of the run directories" "$?"
     ls "$dest"
     ;;
   torch)

@@ -43,16 +43,19 @@ def _stop_with_the_sweep() -> None:
 
   It then checkpoints and exits, as when the sweep stops it, instead of training on alone and
   holding its run's lock, so that a relaunch would skip the run as busy. The sweep names itself
-  in SKIPINIT_SWEEP_PID; a sweep already gone by now means stop at once.
+  in SKIPINIT_SWEEP_PID (for this process only: it is not passed on); a trainer whose parent is
+  not that process (the sweep already gone) exits at once, saying so.
   """
-  parent = os.environ.get("SKIPINIT_SWEEP_PID")
-  if not parent or not sys.platform.startswith("linux"):
+  parent = os.environ.pop("SKIPINIT_SWEEP_PID", "")
+  if not parent.isdigit() or not sys.platform.startswith("linux"):
     return
   import ctypes  # prctl has no binding in the standard library
   pr_set_pdeathsig = 1
   ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
   if os.getppid() != int(parent):
-    os.kill(os.getpid(), signal.SIGTERM)
+    print(f"error: started by sweep process {parent}, which is no longer its parent: not training "
+          "without it (unset SKIPINIT_SWEEP_PID to train by hand)", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):

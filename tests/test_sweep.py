@@ -140,6 +140,9 @@ def test_a_preset_sets_the_knobs_the_sweep_would_set_over_it():
   assert {r.overrides["train.epochs"] for r in runs} == {1.0}
   batch = spec.load_sweep(os.path.join(SWEEPS, "batch_size.py") + ":preset=smoke,batch_exps=5")
   assert batch["knobs"]["ghost"] == 4 and batch["knobs"]["depth"] == 10
+  # A preset sets a key even to the base config's value: 16-4 means depth 16, width 4.
+  runs = spec.expand(spec.load_sweep(depth_table + ":preset=16-4,seeds=1,lr_exps=-1"))
+  assert {(r.overrides["model.depth"], r.overrides["model.width"]) for r in runs} == {(16, 4)}
   # Without a preset the sweep's own defaults hold.
   assert {r.overrides["model.depth"] for r in spec.expand(spec.load_sweep(CHEAP_DEPTH))} == {16, 100}
   with pytest.raises(spec.SweepError, match="unknown config key"):

@@ -105,6 +105,13 @@ def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # A background job of a shell ignores SIGINT: it keeps ignoring it.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with loop._Preemption():
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def test_a_ctrl_c_stop_is_checkpointed_and_marked_interrupted(cifar_config, tmp_path, monkeypatch):

@@ -46,6 +46,14 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
   if executor == "slurm" and not dry_run:
     from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
     slurm.check_available(slurm_cluster)
+  # Each trainer would refuse missing data, one process per run: say it once, before the sweep
+  # directory is pinned, for the runs still to train. Only a warning where they will not train
+  # here: a SLURM submit host or a dry run's machine may not see the cluster's disks.
+  missing = spec.missing_data(executors.pending(executors.classify(sweep_dir, runs)))
+  if missing and (dry_run or executor == "slurm"):
+    log(f"warning: {missing} here")
+  elif missing:
+    raise SweepError(missing)
   if dry_run:
     spec.check_manifest(sweep_dir, m)  # a dry run never writes, but still says if the dir differs
   else:
@@ -98,16 +106,15 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
   if busy:
     log(f"{busy} runs were busy and not started: another process holds their lock (a trainer of "
         "an earlier launch still running?); launch again once it has ended")
-  refused = [r for r in todo if (rundir.read_status(os.path.join(sweep_dir, r.name)) or {})
-             .get("refused")]
+  refused = outcomes.get("refused", 0)
   if refused:
-    log(f"{len(refused)} runs were refused by the trainer (their REFUSED lines above): correct "
+    log(f"{refused} runs were refused by the trainer (their REFUSED lines above): correct "
         "what the error names, then launch again")
-  failed = outcomes.get("failed", 0) + outcomes.get("running", 0) - len(refused)
-  if failed > 0:
+  failed = outcomes.get("failed", 0) + outcomes.get("running", 0)
+  if failed:
     log(f"{failed} runs failed or were interrupted: see train.log in their run directories; "
         "launch the same command again to retry them (they resume from their checkpoints)")
-  return 1 if failed > 0 or refused else 0
+  return 1 if failed or refused else 0
 
 
 __all__ = ["EXECUTORS", "Run", "SweepError", "expand", "launch", "load_sweep", "make_sweep",

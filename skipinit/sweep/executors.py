@@ -155,7 +155,8 @@ def sigterm_stops_trainers():
 
 def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | None = None,
             train_script: str | None = None, worker: str = "") -> str:
-  """Trains one run unless it is finished or locked; returns its state afterwards, or "busy"/"skipped".
+  """Trains one run unless it is finished or locked; returns its state afterwards ("refused" for a
+  failed run that the trainer refused this time), or "busy"/"skipped".
 
   The state is re-read under the lock, so a run another worker finished a moment ago is skipped.
   """
@@ -192,6 +193,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       finally:
         _ACTIVE.remove(p)
     state = rundir.run_state(run_dir)
+    refused = False
     if (interrupted is not None or _ACTIVE.was_stopped(p)) and state not in rundir.FINISHED:
       state = "interrupted"
     elif returncode != 0 and state not in rundir.FINISHED:
@@ -201,13 +203,14 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
         # The trainer refused its config or data and, by its contract, wrote nothing: say so
         # here, or every later listing and table would call the run new or missing.
         _write_refused_status(run_dir, attempt_start)
+        refused = True
     _record_attempt(sweep_dir, {
         "run": run.name, "state": state, "returncode": returncode, "worker": worker,
         "host": socket.gethostname(), "start": round(start, 1),
         "seconds": round(time.time() - start, 1)})
     if interrupted is not None:
       raise interrupted
-    return state
+    return "refused" if refused else state
   finally:
     lock.release()
 
@@ -228,7 +231,7 @@ def _describe(run: Run, state: str, sweep_dir: str) -> str:
     return f"completed (test_acc {status['test_acc']:.4g})"
   if state == "diverged":
     return f"diverged at step {status.get('diverged_step', '?')}"
-  if state == "failed" and status.get("refused"):
+  if state in ("failed", "refused") and status.get("refused"):
     return f"REFUSED: {status['error']}"
   if state == "failed":
     return f"FAILED: see {os.path.join(sweep_dir, run.name, rundir.LOG)}"

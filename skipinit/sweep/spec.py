@@ -55,6 +55,8 @@ class Run:
   method: str
   overrides: dict
   resolved: dict = dataclasses.field(default_factory=dict, compare=False)
+  # The folder data set it reads (data.source=folder), as given; not part of the manifest.
+  data_path: str | None = dataclasses.field(default=None, compare=False)
 
   def to_json(self) -> dict:
     return {"name": self.name, "method": self.method, "overrides": self.overrides,
@@ -152,7 +154,7 @@ def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
 # reach a run: instead it becomes the knob's default ("preset=smoke" alone gives smoke-sized runs).
 PRESET_KNOBS = {"depths": "model.depth", "depth": "model.depth", "width": "model.width",
                 "epochs": "train.epochs", "batch_size": "train.batch_size",
-                "ghost": "model.ghost_batch_size"}
+                "batch_sizes": "train.batch_size", "ghost": "model.ghost_batch_size"}
 
 
 def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: str,
@@ -162,18 +164,28 @@ def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: s
   wanted = [k for k in PRESET_KNOBS if k in params and k not in knobs]
   if not presets or not wanted:
     return {}
+  # Which keys the presets set, whatever the value (preset=16-4 sets depth 16, the base default
+  # too): the keys start at a value no preset writes, and the presets are applied over them.
+  unset = {"int": -987654321, "float": -987654321.5}
   try:
-    plain = cfg_lib.load_config_file(config, config_arg or None)
-    preset = cfg_lib.load_config_file(config, ",".join(filter(None, [config_arg, *presets])))
-  except ConfigError as e:
+    module = cfg_lib.import_file(config)
+    probe = module.get_config(config_arg or None)
+    keys = {PRESET_KNOBS[k] for k in wanted}
+    for key in keys:
+      section, field = key.split(".")
+      probe[section][field] = unset[type(probe[section][field]).__name__]
+    cfg_lib.apply_arg(probe, ",".join(presets), module.PRESETS)
+  except (ConfigError, AttributeError, KeyError) as e:
     raise SweepError(f"preset={';'.join(presets)}: {e}") from None
   derived = {}
   for knob in wanted:
-    section, key = PRESET_KNOBS[knob].split(".")
-    value = preset[section][key]
-    if value != plain[section][key]:
+    section, field = PRESET_KNOBS[knob].split(".")
+    value = probe[section][field]
+    if value not in unset.values():
       default = params[knob].default
-      derived[knob] = (value,) if isinstance(default, (tuple, list)) else type(default)(value)
+      element = default[0] if isinstance(default, (tuple, list)) and default else default
+      value = type(element)(value)
+      derived[knob] = (value,) if isinstance(default, (tuple, list)) else value
   return derived
 
 
@@ -274,8 +286,7 @@ def _run_names(runs: list[tuple[str, dict]]) -> list[str]:
 def expand(sweep: dict, validate: bool = True) -> list[Run]:
   """The sweep's runs with their directory names; with `validate`, every config is built and checked.
 
-  Raises SweepError (one line) for a bad method name, an unknown config key, an invalid config, a
-  folder data set that does not exist (each trainer would refuse it, one process per run), or
+  Raises SweepError (one line) for a bad method name, an unknown config key, an invalid config, or
   two runs with the same config.
   """
   raw = []
@@ -301,7 +312,7 @@ def expand(sweep: dict, validate: bool = True) -> list[Run]:
   module = _load_module(sweep["config"], "config file") if validate else None
   runs = []
   for name, (method, overrides) in zip(names, raw):
-    resolved = {}
+    resolved, data_path = {}, None
     if module is not None:
       try:
         config = module.get_config(sweep["config_arg"] or None)
@@ -309,19 +320,27 @@ def expand(sweep: dict, validate: bool = True) -> list[Run]:
         cfg_lib.validate(config)
       except ConfigError as e:
         raise SweepError(f"run {name}: {e}") from None
-      path = os.path.expanduser(config.data.path)
-      if config.data.source == "folder" and not os.path.exists(path):
-        raise SweepError(f"run {name}: data.path={config.data.path!r} does not exist (data.source="
-                         "folder): give the data set's folder or .tar.gz, e.g. "
-                         "data.path=/data/cifar10-jpeg.tar.gz")
+      data_path = config.data.path if config.data.source == "folder" else None
       # Typed values (a "0.1" from the sweep argument becomes 0.1) keep names and the manifest exact.
       overrides = {k: _jsonable(config[k.split(".")[0]][k.split(".")[1]]) for k in overrides}
       for key in TABLE_KEYS:
         section, field = key.split(".")
         if section in config and field in config[section]:
           resolved[key] = _jsonable(config[section][field])
-    runs.append(Run(name, method, overrides, resolved))
+    runs.append(Run(name, method, overrides, resolved, data_path))
   return runs
+
+
+def missing_data(runs: Sequence[Run]) -> str:
+  """One line naming a folder data set that some of `runs` read and that is not there, or "".
+
+  Relative paths mean what they mean here: the trainers run in the launcher's directory.
+  """
+  for path in sorted({r.data_path for r in runs if r.data_path is not None}):
+    if not os.path.exists(os.path.expanduser(path)):
+      return (f"data.path={path!r} does not exist (data.source=folder): give the data set's "
+              "folder or .tar.gz, e.g. data.path=/data/cifar10-jpeg.tar.gz")
+  return ""
 
 
 def _jsonable(value):

@@ -90,6 +90,7 @@ class Checkpointer:
     all-gather per attempt): the step tried, and whether it read back on every process.
     """
     steps = sorted(self.manager.all_steps())
+    _drop_closed_loop_callbacks()  # before any read: a failed one's callbacks come at any time
     while True:
       step = steps.pop() if steps else -1
       tried = _gather(step)
@@ -110,7 +111,6 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         state, error = None, _describe(e)
-        _drop_closed_loop_callbacks()
       # Only once every process has read it back: a process that computed alone could one day
       # wait in a collective (a sharded leaf) for the others.
       saved = self._checksums().get(str(step))
@@ -148,8 +148,10 @@ def _describe(error: BaseException) -> str:
   Orbax wraps tensorstore's error ("Error reading <array> in OCDBT database at <dir>: Truncated
   Zstd-compressed stream") in one whose first line is a repr of the whole TensorStore spec.
   """
-  while error.__cause__ is not None:
+  seen = {id(error)}
+  while error.__cause__ is not None and id(error.__cause__) not in seen:
     error = error.__cause__
+    seen.add(id(error))
   lines = str(error).strip().splitlines() or [""]
   return f"{type(error).__name__}: {lines[0][:300]}"
 

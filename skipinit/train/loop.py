@@ -41,8 +41,12 @@ class _Preemption:
   def __enter__(self):
     try:
       for signum in self.SIGNALS:
+        if signum == signal.SIGINT and signal.getsignal(signum) in (signal.SIG_IGN, None):
+          continue  # ignored (a shell's background job) or not Python's: left as it is
         self._previous[signum] = signal.signal(signum, self._handle)
     except ValueError:  # not the main thread: leave signals alone
+      for signum, previous in self._previous.items():
+        signal.signal(signum, previous)
       self._previous = {}
     return self
 
