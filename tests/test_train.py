@@ -44,8 +44,8 @@ def test_smoke_training_learns_and_writes_the_run_directory(cifar_config, tmp_pa
 class _StopAfter:
   """Stands in for loop._Preemption: asks for a stop (as SIGTERM would) at the n-th boundary."""
 
-  def __init__(self, n, reason="SIGTERM"):
-    self.n, self.reason = n, reason
+  def __init__(self, n, signum=loop.signal.SIGTERM):
+    self.n, self.signum, self.reason = n, signum, loop._Preemption.SIGNALS[signum]
 
   def __call__(self):
     return self
@@ -116,7 +116,7 @@ def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
 
 def test_a_ctrl_c_stop_is_checkpointed_and_marked_interrupted(cifar_config, tmp_path, monkeypatch):
   cfg = smoke(cifar_config, "epochs=2")
-  monkeypatch.setattr(loop, "_Preemption", _StopAfter(1, reason="Ctrl-C (SIGINT)"))
+  monkeypatch.setattr(loop, "_Preemption", _StopAfter(1, signum=loop.signal.SIGINT))
   first = train_and_evaluate(cfg, str(tmp_path))
   assert first["status"] == "running" and first["preempted"] and first["interrupted"]
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]

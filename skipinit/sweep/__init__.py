@@ -46,18 +46,6 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
   if executor == "slurm" and not dry_run:
     from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
     slurm.check_available(slurm_cluster)
-  # Each trainer would refuse missing data, one process per run: say it once, before the sweep
-  # directory is pinned, for the runs still to train. Only a warning where they will not train
-  # here: a SLURM submit host or a dry run's machine may not see the cluster's disks.
-  missing = spec.missing_data(executors.pending(executors.classify(sweep_dir, runs)))
-  if missing and (dry_run or executor == "slurm"):
-    log(f"warning: {missing} here")
-  elif missing:
-    raise SweepError(missing)
-  if dry_run:
-    spec.check_manifest(sweep_dir, m)  # a dry run never writes, but still says if the dir differs
-  else:
-    spec.write_manifest(sweep_dir, m)
   if run_filter:
     try:
       pattern = re.compile(run_filter)
@@ -66,6 +54,18 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
     runs = [r for r in runs if pattern.search(r.name)]
   classes = executors.classify(sweep_dir, runs)
   todo = executors.pending(classes)
+  # Each trainer would refuse missing data, one process per run: say it once, for the runs still
+  # to train. Only a warning where they will not train here: a SLURM submit host or a dry run's
+  # machine may not see the cluster's disks.
+  missing = spec.missing_data(todo)
+  if missing and (dry_run or executor == "slurm"):
+    log(f"warning: {missing} here")
+  elif missing:
+    raise SweepError(missing)
+  if dry_run:
+    spec.check_manifest(sweep_dir, m)  # a dry run never writes, but still says if the dir differs
+  else:
+    spec.write_manifest(sweep_dir, m)
   log(f"sweep {definition['name']} (table: {definition['table']}) in {sweep_dir}: {len(runs)} "
       f"runs: {_summary(classes)}")
   if dry_run:

@@ -35,8 +35,12 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
-    self.reason = ""  # the signal that asked to stop, as a log line names it
+    self.signum = None  # the signal that asked this process to stop (None: another process did)
     self._previous = {}
+
+  @property
+  def reason(self) -> str:
+    return self.SIGNALS.get(self.signum, "a stop on another process")
 
   def __enter__(self):
     try:
@@ -44,15 +48,13 @@ class _Preemption:
         if signum == signal.SIGINT and signal.getsignal(signum) in (signal.SIG_IGN, None):
           continue  # ignored (a shell's background job) or not Python's: left as it is
         self._previous[signum] = signal.signal(signum, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      for signum, previous in self._previous.items():
-        signal.signal(signum, previous)
+    except ValueError:  # not the main thread (the first call raises): signals are left alone
       self._previous = {}
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
-    self.reason = self.reason or self.SIGNALS[signum]
+    self.signum = self.signum or signum
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, self._previous[signal.SIGINT])  # the next one interrupts
       logging.warning("Ctrl-C: stopping at the next checkpoint boundary; press Ctrl-C again to "
@@ -65,7 +67,7 @@ class _Preemption:
 
 def _stopped_by(preempt) -> dict:
   """status.json's note of a Ctrl-C stop (train.py then exits 130, as an interrupted command)."""
-  return {"interrupted": True} if preempt.reason.startswith("Ctrl-C") else {}
+  return {"interrupted": True} if preempt.signum == signal.SIGINT else {}
 
 
 def _stop_everywhere(preempt) -> bool:
@@ -331,7 +333,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
   stops = sorted(s for s in evals | ckpts | logs if s > start)
   if _stop_everywhere(preempt):  # SIGTERM while building or restoring: the checkpoint is the state
     logging.warning("%s before training: stopped at step %d; re-run the command to resume",
-                    preempt.reason or "a stop on another process", start)
+                    preempt.reason, start)
     return rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe,
                                total_steps=total, preempted=True, **_stopped_by(preempt))
   rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe, total_steps=total)
@@ -398,7 +400,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
         window_start, window_step = time.time(), step
       if stop_now and step < total:
         logging.warning("%s: checkpoint saved at step %d; re-run the command to resume",
-                        preempt.reason or "a stop on another process", step)
+                        preempt.reason, step)
         ckpt.wait()
         return rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe,
                                    total_steps=total, preempted=True, **_stopped_by(preempt))
