@@ -239,7 +239,7 @@ def search(lrs: Sequence[float], seeds: Sequence[int], results: Mapping, centre:
     if started:  # the first wave was cut short: resume it rather than start a moved centre
       c = min(started, key=lambda i: (abs(i - c), i))
       if lrs[c] != centre:
-        centre, centre_reason = lrs[c], f"the rate the interrupted first wave started"
+        centre, centre_reason = lrs[c], "the rate the interrupted first wave started"
     lo = hi = c
 
   runs, stuck = [], []
