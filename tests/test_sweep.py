@@ -29,6 +29,7 @@ FAKE_TRAINER = textwrap.dedent("""\
     overrides = {k[len("config."):]: v for k, v in args.items() if k.startswith("config.")}
     with open(os.environ["FAKE_CALLS"], "a") as f:
       f.write(json.dumps({"workdir": workdir, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                          "jax_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
                           "lock_fds": sorted(os.listdir("/proc/self/fd"))}) + "\\n")
     os.makedirs(workdir, exist_ok=True)
     config = {"model": {}, "data": {}, "train": {}}
@@ -69,6 +70,7 @@ def fake(tmp_path, monkeypatch):
   calls.touch()
   monkeypatch.setenv("FAKE_CALLS", str(calls))
   monkeypatch.setattr(executors, "TRAIN_SCRIPT", str(script))
+  monkeypatch.setattr(spec, "tfds_installed", lambda: True)  # (the fake needs no TensorFlow)
 
   def called():
     return [json.loads(line) for line in calls.read_text().splitlines()]
@@ -89,12 +91,12 @@ def test_expansion_is_deterministic_and_named_by_axes():
   assert [(r.name, r.method, r.overrides) for r in a] == [(r.name, r.method, r.overrides) for r in b]
   assert len(a) == 2 * 4 * 2 * 2  # depths x methods x lrs x seeds
   assert len({r.name for r in a}) == len(a)
-  assert a[0].name == "batchnorm/depth16_lr0.0625_seed0"
+  assert a[0].name == "batchnorm/depth16_lr2^-4_seed0"
   assert a[0].overrides == {"model.normalizer": "batchnorm", "model.depth": 16, "model.width": 2,
                             "train.batch_size": 64, "train.epochs": 2.0, "train.lr": 0.0625,
                             "train.seed": 0}
   names = {r.name for r in a}
-  assert "skipinit_inv_sqrt_d/depth100_lr0.125_seed1" in names
+  assert "skipinit_inv_sqrt_d/depth100_lr2^-3_seed1" in names
   assert a[0].resolved["model.name"] == "wrn" and a[0].resolved["train.lr"] == 0.0625
 
 
@@ -157,23 +159,23 @@ def test_relaunch_skips_finished_and_diverged_reruns_failed_and_interrupted(tmp_
                                                                            monkeypatch):
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2;3,batch_exps=6"
   d = tmp_path / "sw"
-  monkeypatch.setenv("FAKE_FAIL", "skipinit_a0/lr0.25")
+  monkeypatch.setenv("FAKE_FAIL", "skipinit_a0/lr2^-2")
   rc, logs = _launch(sweep, d)
   assert rc == 1 and len(fake()) == 4  # one failed
   classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
-  assert [r.name for r in classes["diverged"]] == ["batchnorm/lr8", "skipinit_a0/lr8"]
-  assert [r.name for r in classes["failed"]] == ["skipinit_a0/lr0.25"]
-  assert rundir.run_state(str(d / "batchnorm" / "lr8")) == "diverged"
+  assert [r.name for r in classes["diverged"]] == ["batchnorm/lr2^3", "skipinit_a0/lr2^3"]
+  assert [r.name for r in classes["failed"]] == ["skipinit_a0/lr2^-2"]
+  assert rundir.run_state(str(d / "batchnorm" / "lr2^3")) == "diverged"
 
   # Relaunch: only the failed run trains again.
   monkeypatch.delenv("FAKE_FAIL")
   rc, logs = _launch(sweep, d)
-  assert rc == 0 and [c["workdir"] for c in fake()[4:]] == [str(d / "skipinit_a0" / "lr0.25")]
+  assert rc == 0 and [c["workdir"] for c in fake()[4:]] == [str(d / "skipinit_a0" / "lr2^-2")]
 
   # An interrupted run (status "running", nobody holds its lock) is re-run; nothing else is.
-  (d / "batchnorm" / "lr0.25" / "status.json").write_text('{"status": "running", "step": 3}')
+  (d / "batchnorm" / "lr2^-2" / "status.json").write_text('{"status": "running", "step": 3}')
   rc, logs = _launch(sweep, d)
-  assert rc == 0 and [c["workdir"] for c in fake()[5:]] == [str(d / "batchnorm" / "lr0.25")]
+  assert rc == 0 and [c["workdir"] for c in fake()[5:]] == [str(d / "batchnorm" / "lr2^-2")]
   rc, logs = _launch(sweep, d)
   assert len(fake()) == 6 and "nothing to do" in logs[-1]
   attempts = (d / executors.ATTEMPTS).read_text().splitlines()
@@ -191,6 +193,7 @@ def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path
       from skipinit import sweep
       from skipinit.sweep import executors
       executors.TRAIN_SCRIPT = {str(tmp_path / "fake_train.py")!r}
+      sweep.spec.tfds_installed = lambda: True
       try:
         with executors.sigterm_stops_trainers():
           sweep.launch({sweep!r}, {str(d)!r}, executor={executor!r}, gpus=["0"])
@@ -217,15 +220,15 @@ def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path
 def test_locked_run_is_left_to_its_worker(tmp_path, fake):
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2:-1,batch_exps=6"
   d = tmp_path / "sw"
-  with rundir.RunLock(str(d / "batchnorm" / "lr0.25")) as lock:
+  with rundir.RunLock(str(d / "batchnorm" / "lr2^-2")) as lock:
     assert lock.acquire()
     rc, logs = _launch(sweep, d)
     assert "1 busy" in logs[0]
-    assert str(d / "batchnorm" / "lr0.25") not in [c["workdir"] for c in fake()]
+    assert str(d / "batchnorm" / "lr2^-2") not in [c["workdir"] for c in fake()]
     assert len(fake()) == 3
   # The lock died with its holder: the next launch trains the run.
   rc, logs = _launch(sweep, d)
-  assert fake()[-1]["workdir"] == str(d / "batchnorm" / "lr0.25") and len(fake()) == 4 and rc == 0
+  assert fake()[-1]["workdir"] == str(d / "batchnorm" / "lr2^-2") and len(fake()) == 4 and rc == 0
 
 
 def test_two_concurrent_workers_never_train_the_same_run(tmp_path, fake, monkeypatch):
@@ -247,11 +250,13 @@ def test_two_concurrent_workers_never_train_the_same_run(tmp_path, fake, monkeyp
   assert all(len(c["lock_fds"]) >= 4 for c in fake())
 
 
-def test_gpus_executor_pins_one_gpu_per_worker(tmp_path, fake):
+def test_gpus_executor_pins_one_gpu_per_worker(tmp_path, fake, monkeypatch):
+  monkeypatch.setattr(executors, "has_gpu", lambda: True)
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
   rc, logs = _launch(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "1"])
   calls = fake()
   assert rc == 0 and len(calls) == 8 and {c["gpu"] for c in calls} <= {"0", "1"}
+  assert any("gpu 1: " in l for l in logs) and not any("no GPU" in l for l in logs)
   with pytest.raises(spec.SweepError, match="found no GPUs"):
     executors.run_gpus(str(tmp_path), [], "", "", [])
 
@@ -271,10 +276,16 @@ def test_dry_run_writes_nothing_and_a_changed_sweep_is_refused(tmp_path, fake):
   assert rc == 0 and not d.exists() and len(logs) == 2 + 32 and fake() == []
   assert "scripts/train.py" in logs[-1] or "fake_train.py" in logs[-1]
   os.makedirs(d)
-  spec.write_manifest(str(d), spec.manifest(spec.load_sweep(CHEAP_DEPTH),
-                                            spec.expand(spec.load_sweep(CHEAP_DEPTH))))
-  with pytest.raises(spec.SweepError, match="holds a different sweep"):
-    _launch(CHEAP_DEPTH.replace("seeds=2", "seeds=1"), d, dry_run=True)
+  runs = spec.expand(spec.load_sweep(CHEAP_DEPTH))
+  spec.write_manifest(str(d), spec.manifest(spec.load_sweep(CHEAP_DEPTH), runs))
+  # No run has started: the directory is not pinned yet (a dry run says a launch replaces it).
+  other = CHEAP_DEPTH.replace("seeds=2", "seeds=1")
+  rc, logs = _launch(other, d, dry_run=True)
+  assert rc == 0 and "none of whose runs started: a launch replaces it" in logs[0]
+  (d / runs[3].name).mkdir(parents=True)
+  (d / runs[3].name / "config.json").write_text("{}")  # a trainer started this one
+  with pytest.raises(spec.SweepError, match=r"holds a different sweep .*1 started.*: 32 runs -> 16"):
+    _launch(other, d, dry_run=True)
 
 
 def test_script_reports_bad_input_in_one_line(tmp_path):
@@ -311,6 +322,7 @@ def test_each_skipinit_method_builds_the_network_its_label_names():
 
 def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, monkeypatch):
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+  monkeypatch.setattr(executors, "has_gpu", lambda: True)  # (without one: CPU workers, below)
   with pytest.raises(spec.SweepError, match="found no GPUs"):
     _launch(CHEAP_DEPTH, tmp_path / "sw", executor="gpus")
   assert not (tmp_path / "sw").exists()  # a later launch with another grid is not refused
@@ -336,9 +348,9 @@ def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunche
   assert status["status"] == "failed" and "no train images" in status["error"]
   classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
   assert [r.name for r in classes["failed"]] == ["batchnorm"]
-  # Another grid is still refused; another data path is not.
-  with pytest.raises(spec.SweepError, match="holds a different sweep"):
-    _launch(sweep.replace("lr_exps=-2", "lr_exps=-3") + str(empty), d, dry_run=True)
+  # The refused run never started: the directory is not pinned (another grid would replace it).
+  rc, logs = _launch(sweep.replace("lr_exps=-2", "lr_exps=-3") + str(empty), d, dry_run=True)
+  assert rc == 0 and "none of whose runs started" in logs[0]
   rc, logs = _launch(sweep + str(other), d, dry_run=True)
   assert rc == 0 and "1 failed" in logs[0] and f"--config.data.path={other}" in logs[-1]
   # Relaunched for real: refused again (this attempt's reason), and sweep.json names the new path.
@@ -373,3 +385,126 @@ def test_a_trainer_gets_sigterm_when_its_sweep_dies_even_by_sigkill(tmp_path):
       break
     threading.Event().wait(0.1)
   assert marker.exists()
+
+
+# ----------------------------------------------------------------- a new user's first hour (19)
+
+SMALL_BS = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2,batch_exps=6"
+
+
+def test_run_names_use_the_exponent_and_an_old_directory_keeps_its_names(tmp_path, fake):
+  sweep = (os.path.join(SWEEPS, "depth_table.py") +
+           ":epochs=1,seeds=1,lr_exps=-3;100,depths=16,methods=batchnorm")
+  runs = spec.expand(spec.load_sweep(sweep))
+  assert [r.name for r in runs] == ["batchnorm/lr2^-3", "batchnorm/lr2^100"]
+  # A directory made when the names were decimals: the same runs under their old names.
+  d = tmp_path / "old"
+  d.mkdir()
+  m = spec.manifest(spec.load_sweep(sweep), runs)
+  old_names = ["batchnorm/lr0.125", "batchnorm/lr1.2676506002282294e+30"]
+  for r, name in zip(m["runs"], old_names):
+    r["name"] = name
+  (d / "sweep.json").write_text(json.dumps(m))
+  (d / old_names[0]).mkdir(parents=True)
+  (d / old_names[0] / "status.json").write_text('{"status": "completed", "test_acc": 0.5}')
+  rc, logs = _launch(sweep, d)
+  assert rc == 0 and "1 completed, 1 new" in logs[0]
+  assert [c["workdir"] for c in fake()] == [str(d / old_names[1])]  # the finished one not redone
+  assert sorted(os.listdir(d / "batchnorm")) == ["lr0.125", "lr1.2676506002282294e+30"]
+  assert [r["name"] for r in spec.read_manifest(str(d))["runs"]] == old_names
+
+
+def test_without_tensorflow_the_default_data_is_refused_before_the_directory_is_pinned(
+    tmp_path, fake, monkeypatch):
+  monkeypatch.setattr(spec, "tfds_installed", lambda: False)
+  d = tmp_path / "sw"
+  rc, logs = _launch(SMALL_BS, d, dry_run=True)  # the dry run says what would fail
+  assert rc == 0 and logs[0].startswith("warning: data.source=tfds (the default) needs TensorFlow")
+  assert "--data=PATH" in logs[0] and "a launch here would refuse to start" in logs[0]
+  with pytest.raises(spec.SweepError, match="needs TensorFlow"):
+    _launch(SMALL_BS, d)
+  assert not d.exists() and fake() == []
+  # A directory an earlier launch pinned though every run was refused (as before this check):
+  # a relaunch with --data replaces its sweep.
+  runs = spec.expand(spec.load_sweep(SMALL_BS))
+  spec.write_manifest(str(d), spec.manifest(spec.load_sweep(SMALL_BS), runs))
+  for r in runs:
+    (d / r.name).mkdir(parents=True)
+    (d / r.name / "status.json").write_text(json.dumps(
+        {"status": "failed", "refused": True, "error": "error: data.source=tfds needs ..."}))
+  data = tmp_path / "cifar10-jpeg.tar.gz"
+  data.write_bytes(b"")  # (the fake trainer reads nothing)
+  rc, logs = _launch(SMALL_BS, d, data=str(data))
+  assert rc == 0 and "none of whose runs started: replaced by this one" in logs[0]
+  assert len(fake()) == 2
+  assert all(r["overrides"]["data.source"] == "folder" and r["overrides"]["data.path"] == str(data)
+             for r in spec.read_manifest(str(d))["runs"])
+  # --data is the argument's data.source=folder,data.path=...: the same sweep. Both: refused.
+  assert spec.load_sweep(sweep_lib.with_data(SMALL_BS, str(data)))["runs"] == spec.load_sweep(
+      SMALL_BS + f",data.source=folder,data.path={data}")["runs"]
+  with pytest.raises(spec.SweepError, match="both say where the data is"):
+    _launch(SMALL_BS + ",data.path=/x", d, data=str(data))
+  # Runs have started now: other data is another sweep (its results would differ).
+  monkeypatch.setattr(spec, "tfds_installed", lambda: True)
+  with pytest.raises(spec.SweepError, match=r"2 started.*data.source 'folder' -> 'tfds'"):
+    _launch(SMALL_BS, d)
+
+
+def test_gpus_executor_without_a_gpu_trains_on_cpu_workers(tmp_path, fake, monkeypatch):
+  monkeypatch.setattr(executors, "has_gpu", lambda: False)
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
+  rc, logs = _launch(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "0"])
+  assert rc == 0 and len(fake()) == 8
+  assert logs[0] == ("no GPU here (nvidia-smi lists none): --executor=gpus trains on the CPU "
+                     "with 2 local workers instead")
+  assert sum("GPU" in l or "gpu " in l for l in logs) == 1, logs
+  assert all(c["gpu"] is None for c in fake()) and any("] worker " in l for l in logs)
+  rc, logs = _launch(sweep.replace("seeds=2", "seeds=1"), tmp_path / "sw2", executor="gpus")
+  assert rc == 0 and "with 1 local worker instead (--gpus=0,0 gives two)" in logs[0]
+
+
+def test_trainers_share_a_compilation_cache_and_the_manifest_holds_no_local_path(
+    tmp_path, fake, monkeypatch):
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  d = tmp_path / "sw"
+  _launch(SMALL_BS, d)
+  assert {c["jax_cache"] for c in fake()} == {os.path.join(str(d), ".jax_cache")}
+  m = spec.read_manifest(str(d))
+  assert (m["config"], m["sweep_file"]) == ("configs/cifar10_wrn.py", "configs/sweeps/batch_size.py")
+  # A manifest written with another machine's absolute paths is the same sweep here.
+  m["config"] = "/home/someone/skipinit/configs/cifar10_wrn.py"
+  (d / "sweep.json").write_text(json.dumps(m))
+  rc, logs = _launch(SMALL_BS, d)
+  assert rc == 0 and "nothing to do" in logs[-1]
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))  # the user's wins
+  _launch(SMALL_BS.replace("lr_exps=-2", "lr_exps=-1"), tmp_path / "sw2")
+  assert fake()[-1]["jax_cache"] == str(tmp_path / "mine")
+
+
+def test_sweep_list_and_help_show_every_knob_with_its_default(tmp_path):
+  def run(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "sweep.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+  listing = run("--list")
+  assert listing.returncode == 0, listing.stderr
+  for name in sorted(os.listdir(SWEEPS)):
+    if not name.endswith(".py"):
+      continue
+    path = os.path.join(SWEEPS, name)
+    fn = spec.load_sweep(path)["fn"]
+    assert f"configs/sweeps/{name}" in listing.stdout
+    for knob, default, meaning in spec.knob_help(fn):
+      assert meaning, f"{name}: knob {knob} has no meaning (KNOB_HELP or an Args: docstring)"
+      assert f"    {knob}={default}" in listing.stdout
+  assert "lr_exps=-6:0" in listing.stdout and "preset=NAME" in listing.stdout
+  assert "needs: CIFAR-10: --data=PATH" in listing.stdout and "needs: ImageNet" in listing.stdout
+  helped = run("--help")
+  assert "QUOTE" in helped.stdout and "lr_exps=-8:3" in helped.stdout and "--data" in helped.stdout
+  # --data through the script: the trainers' commands read the files.
+  p = run("--sweep=" + SMALL_BS, f"--sweep_dir={tmp_path / 'sw'}", "--data=/data/c10.tar.gz",
+          "--dry_run")
+  assert p.returncode == 0 and "--config.data.path=/data/c10.tar.gz" in p.stdout.splitlines()[-1]
+  assert "warning: data.path='/data/c10.tar.gz' does not exist" in p.stdout
+  p = run("--sweep=" + SMALL_BS, f"--sweep_dir={tmp_path / 'sw'}", "seeds=2")  # a stray word
+  assert p.returncode == 2 and "needs the flag quoted" in p.stderr

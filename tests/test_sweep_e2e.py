@@ -20,7 +20,7 @@ SWEEP = (os.path.join(REPO, "configs", "sweeps", "batch_size.py") +
          "methods=skipinit_a0,"
          "data.synthetic_train_size=64,data.synthetic_test_size=32,train.steps_per_dispatch=2")
 
-BIG = "lr" + repr(2.0 ** 100)  # the diverging run's directory: lr1.2676506002282294e+30
+BIG = "lr2^100"  # the diverging run's directory (not lr1.2676506002282294e+30)
 
 
 def _run(script, *args):
@@ -36,7 +36,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
   p = _run("sweep.py", f"--sweep={SWEEP}", f"--sweep_dir={sweep_dir}", "--executor=gpus", "--gpus=0,0")
   assert p.returncode == 0, p.stdout + p.stderr
   assert "2 runs: 2 new" in p.stdout and "1 completed" in p.stdout and "1 diverged" in p.stdout
-  for name in ("skipinit_a0/lr0.125", "skipinit_a0/" + BIG):
+  for name in ("skipinit_a0/lr2^-3", "skipinit_a0/" + BIG):
     assert {"config.json", "status.json", "train.log"} <= set(os.listdir(sweep_dir / name))
 
   p = _run("make_tables.py", f"--sweep_dir={sweep_dir}", f"--out_dir={out}")
@@ -48,7 +48,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
   assert 0.0 <= float(row["test_acc_mean"]) <= 100.0
   per_run = csv.DictReader(open(out / "batch_size_table_runs.csv"))
   runs = {r["run"].split(os.sep)[-1]: r for r in per_run}
-  assert runs[BIG]["state"] == "diverged" and runs["lr0.125"]["state"] == "completed"
+  assert runs[BIG]["state"] == "diverged" and runs["lr2^-3"]["state"] == "completed"
   assert (out / "fig_batch_size_lr.png").exists() and (out / "fig_batch_size_accuracy.pdf").exists()
 
   p = _run("sweep.py", f"--sweep={SWEEP}", f"--sweep_dir={sweep_dir}")

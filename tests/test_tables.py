@@ -64,19 +64,19 @@ D, F = ("diverged",), ("failed",)
 def bs_dir(tmp_path):
   return make_sweep_dir(tmp_path / "bs", BS_SWEEP, {
       # bs 64, BN: best acc at 0.25 (92.0 +- 1.41), best loss at 0.125 (0.31); 0.5 diverged (1 seed).
-      "batchnorm/bs64_lr0.125_seed0": C(0.90, 0.30), "batchnorm/bs64_lr0.125_seed1": C(0.92, 0.32),
-      "batchnorm/bs64_lr0.25_seed0": C(0.93, 0.40), "batchnorm/bs64_lr0.25_seed1": C(0.91, 0.42),
-      "batchnorm/bs64_lr0.5_seed0": D, "batchnorm/bs64_lr0.5_seed1": C(0.95, 0.10),
+      "batchnorm/bs64_lr2^-3_seed0": C(0.90, 0.30), "batchnorm/bs64_lr2^-3_seed1": C(0.92, 0.32),
+      "batchnorm/bs64_lr2^-2_seed0": C(0.93, 0.40), "batchnorm/bs64_lr2^-2_seed1": C(0.91, 0.42),
+      "batchnorm/bs64_lr2^-1_seed0": D, "batchnorm/bs64_lr2^-1_seed1": C(0.95, 0.10),
       # bs 64, SkipInit: best acc at 0.25 (85.0 +- 0), best loss at 0.5 = top of the grid.
-      "skipinit_a0/bs64_lr0.125_seed0": C(0.80, 0.50), "skipinit_a0/bs64_lr0.125_seed1": C(0.84, 0.60),
-      "skipinit_a0/bs64_lr0.25_seed0": C(0.85, 0.45), "skipinit_a0/bs64_lr0.25_seed1": C(0.85, 0.47),
-      "skipinit_a0/bs64_lr0.5_seed0": C(0.86, 0.44), "skipinit_a0/bs64_lr0.5_seed1": C(0.82, 0.40),
+      "skipinit_a0/bs64_lr2^-3_seed0": C(0.80, 0.50), "skipinit_a0/bs64_lr2^-3_seed1": C(0.84, 0.60),
+      "skipinit_a0/bs64_lr2^-2_seed0": C(0.85, 0.45), "skipinit_a0/bs64_lr2^-2_seed1": C(0.85, 0.47),
+      "skipinit_a0/bs64_lr2^-1_seed0": C(0.86, 0.44), "skipinit_a0/bs64_lr2^-1_seed1": C(0.82, 0.40),
       # bs 128, BN: one run of lr 0.5 never started -> lr 0.5 is incomplete, not averaged.
-      "batchnorm/bs128_lr0.125_seed0": C(0.70, 1.0), "batchnorm/bs128_lr0.125_seed1": C(0.70, 1.0),
-      "batchnorm/bs128_lr0.25_seed0": C(0.75, 0.9), "batchnorm/bs128_lr0.25_seed1": C(0.77, 0.8),
-      "batchnorm/bs128_lr0.5_seed0": C(0.99, 0.01),
+      "batchnorm/bs128_lr2^-3_seed0": C(0.70, 1.0), "batchnorm/bs128_lr2^-3_seed1": C(0.70, 1.0),
+      "batchnorm/bs128_lr2^-2_seed0": C(0.75, 0.9), "batchnorm/bs128_lr2^-2_seed1": C(0.77, 0.8),
+      "batchnorm/bs128_lr2^-1_seed0": C(0.99, 0.01),
       # bs 128, SkipInit: every learning rate diverged.
-      **{f"skipinit_a0/bs128_lr{lr}_seed{s}": D for lr in ("0.125", "0.25", "0.5") for s in (0, 1)},
+      **{f"skipinit_a0/bs128_lr{lr}_seed{s}": D for lr in ("2^-3", "2^-2", "2^-1") for s in (0, 1)},
   })
 
 
@@ -123,10 +123,10 @@ def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
   assert "| 128 | SkipInit (α=0) | diverged | diverged |" in md
   assert "| ≥ 0.25 | 5/6 † |" in md
   assert "1 of 24 runs are not finished" in md
-  assert "missing: " + str(bs_dir / "batchnorm/bs128_lr0.5_seed1") in md
+  assert "missing: " + str(bs_dir / "batchnorm/bs128_lr2^-1_seed1") in md
   per_run = _csv(out / "batch_size_table_runs.csv")
   assert len(per_run) == 24 and sum(r["state"] == "diverged" for r in per_run) == 7
-  bn64_run = next(r for r in per_run if r["run"].endswith("batchnorm/bs64_lr0.25_seed0"))
+  bn64_run = next(r for r in per_run if r["run"].endswith("batchnorm/bs64_lr2^-2_seed0"))
   assert float(bn64_run["test_acc"]) == pytest.approx(93.0)  # percent, as in the tables
   for name in ("fig_batch_size_accuracy", "fig_batch_size_lr"):
     for ext in ("png", "pdf"):
@@ -137,12 +137,12 @@ def test_batch_size_table_both_optimal_lr_definitions(bs_dir, tmp_path):
 @pytest.fixture
 def depth_dir(tmp_path):
   return make_sweep_dir(tmp_path / "depth", DEPTH_SWEEP, {
-      "batchnorm/depth16_lr0.25_seed0": C(0.90), "batchnorm/depth16_lr0.25_seed1": C(0.80),
-      "batchnorm/depth16_lr0.5_seed0": C(0.95), "batchnorm/depth16_lr0.5_seed1": C(0.93),
-      **{f"batchnorm/depth100_lr{lr}_seed{s}": D for lr in ("0.25", "0.5") for s in (0, 1)},
-      "skipinit_a0/depth16_lr0.25_seed0": C(0.91), "skipinit_a0/depth16_lr0.25_seed1": C(0.93),
-      "skipinit_a0/depth16_lr0.5_seed0": F, "skipinit_a0/depth16_lr0.5_seed1": C(0.99),
-      "skipinit_a0/depth100_lr0.25_seed0": ("running",),
+      "batchnorm/depth16_lr2^-2_seed0": C(0.90), "batchnorm/depth16_lr2^-2_seed1": C(0.80),
+      "batchnorm/depth16_lr2^-1_seed0": C(0.95), "batchnorm/depth16_lr2^-1_seed1": C(0.93),
+      **{f"batchnorm/depth100_lr{lr}_seed{s}": D for lr in ("2^-2", "2^-1") for s in (0, 1)},
+      "skipinit_a0/depth16_lr2^-2_seed0": C(0.91), "skipinit_a0/depth16_lr2^-2_seed1": C(0.93),
+      "skipinit_a0/depth16_lr2^-1_seed0": F, "skipinit_a0/depth16_lr2^-1_seed1": C(0.99),
+      "skipinit_a0/depth100_lr2^-2_seed0": ("running",),
   })
 
 
@@ -155,7 +155,7 @@ def test_depth_table_mean_std_at_best_lr_diverged_and_unfinished(depth_dir, tmp_
   ]
   md = tables.to_markdown(table)
   assert "5 of 16 runs are not finished** (1 failed, 1 running or interrupted, 3 missing)" in md
-  assert "failed: " + str(depth_dir / "skipinit_a0/depth16_lr0.5_seed0") in md
+  assert "failed: " + str(depth_dir / "skipinit_a0/depth16_lr2^-1_seed0") in md
   rec = {(r["method"], r["depth"]): r for r in table.records}
   assert rec[("batchnorm", 100)]["status"] == "diverged"
   assert rec[("batchnorm", 100)]["lrs_diverged"] == 2 and rec[("skipinit_a0", 16)]["n_seeds"] == 2
@@ -180,8 +180,8 @@ def test_ablation_table_takes_reference_rows_from_the_depth_sweep(depth_dir, tmp
 def test_agc_and_imagenet_tables(tmp_path):
   agc = make_sweep_dir(tmp_path / "agc", os.path.join(SWEEPS, "agc_batch_size.py") +
                        ":epochs=1,lr_exps=-1:0,batch_exps=6,clips=0.01;0", {
-                           "nf/agc0.01_lr0.5": C(0.6), "nf/agc0.01_lr1": C(0.7),
-                           "nf/agc0_lr0.5": C(0.5), "nf/agc0_lr1": D})
+                           "nf/agc0.01_lr2^-1": C(0.6), "nf/agc0.01_lr2^0": C(0.7),
+                           "nf/agc0_lr2^-1": C(0.5), "nf/agc0_lr2^0": D})
   [t] = tables.build_tables([str(agc)])
   assert t.header == ["Batch", "no AGC", "λ=0.01"]
   assert t.rows == [["64", "50.00 @ lr 0.5*", "70.00 @ lr 1*"]]
@@ -199,27 +199,27 @@ def test_agc_and_imagenet_tables(tmp_path):
 
 
 def test_tables_refuse_a_cell_that_mixes_budgets(tmp_path):
-  one = make_sweep_dir(tmp_path / "e1", DEPTH_SWEEP, {"batchnorm/depth16_lr0.25_seed0": C(0.9)})
+  one = make_sweep_dir(tmp_path / "e1", DEPTH_SWEEP, {"batchnorm/depth16_lr2^-2_seed0": C(0.9)})
   three = make_sweep_dir(tmp_path / "e3", DEPTH_SWEEP.replace("epochs=1", "epochs=3"),
-                         {"batchnorm/depth16_lr0.25_seed1": C(0.6)})
+                         {"batchnorm/depth16_lr2^-2_seed1": C(0.6)})
   with pytest.raises(spec.SweepError, match=r"train.epochs=3.0 .* train.epochs=1.0"):
     tables.build_tables([str(one), str(three)])
   # More seeds of the same protocol in another directory do join the cell.
-  more = make_sweep_dir(tmp_path / "e1b", DEPTH_SWEEP, {"batchnorm/depth16_lr0.25_seed1": C(0.8)})
+  more = make_sweep_dir(tmp_path / "e1b", DEPTH_SWEEP, {"batchnorm/depth16_lr2^-2_seed1": C(0.8)})
   depth = tables.build_tables([str(one), str(more)])[0]
   assert "85.00 ± 7.07" in tables.to_markdown(depth)
   twice = tables.build_tables([str(one), str(more), str(more)])[0]
   assert tables.to_markdown(twice) == tables.to_markdown(depth)
   # Seeds trained on other data (the runs' data.json) do not join either.
-  (one / "batchnorm/depth16_lr0.25_seed0/data.json").write_text('{"sha1": "aa", "train_examples": 9}')
-  (more / "batchnorm/depth16_lr0.25_seed1/data.json").write_text('{"sha1": "bb", "train_examples": 9}')
+  (one / "batchnorm/depth16_lr2^-2_seed0/data.json").write_text('{"sha1": "aa", "train_examples": 9}')
+  (more / "batchnorm/depth16_lr2^-2_seed1/data.json").write_text('{"sha1": "bb", "train_examples": 9}')
   with pytest.raises(spec.SweepError, match="data.sha1='bb'"):
     tables.build_tables([str(one), str(more)])
 
 
 def test_batch_size_figures_of_a_sweep_with_nothing_finished(tmp_path):
   everything_diverged = {f"{m}/bs{b}_lr{lr}_seed{s}": D for m in ("batchnorm", "skipinit_a0")
-                         for b in (64, 128) for lr in ("0.125", "0.25", "0.5") for s in (0, 1)}
+                         for b in (64, 128) for lr in ("2^-3", "2^-2", "2^-1") for s in (0, 1)}
   for name, outcomes in (("new", {}), ("diverged", everything_diverged)):
     d = make_sweep_dir(tmp_path / name, BS_SWEEP, outcomes)
     written = tables.make_tables([str(d)], str(tmp_path / f"out_{name}"))

@@ -24,24 +24,47 @@ def _summary(classes: dict) -> str:
   return ", ".join(f"{len(v)} {k}" for k, v in classes.items() if v) or "no runs"
 
 
+def with_data(sweep: str, data: str) -> str:
+  """`sweep` ("path.py[:arg]") with its runs reading the data set at `data` (sweep.py --data):
+  data.source=folder,data.path=DATA appended to the argument, the same runs as when written there."""
+  if not data:
+    return sweep
+  path, arg = spec.split_spec(sweep)
+  given = [k for k in ("data.source", "data.path") if re.search(rf"(^|,)\s*{re.escape(k)}\s*=", arg)]
+  if given:
+    raise SweepError(f"--data and {' and '.join(given)} in the sweep argument both say where the "
+                     "data is: give one of them")
+  if "," in data:
+    raise SweepError(f"--data={data!r}: a path with a comma cannot be passed to the trainers' "
+                     "config argument; rename or link it")
+  return f"{path}:{','.join(filter(None, [arg, f'data.source=folder,data.path={data}']))}"
+
+
 def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = False,
            gpus: Sequence[str] | None = None, run_filter: str = "", slurm_params: dict | None = None,
            slurm_cluster: str | None = None, train_script: str | None = None,
-           log: Callable[[str], None] = print) -> int:
+           log: Callable[[str], None] = print, data: str = "") -> int:
   """Expands `sweep` ("path.py[:arg]") into `sweep_dir` and trains what is not finished.
 
+  `data`: the data set's files for every run (sweep.py --data; see `with_data`).
   Returns a process exit status: 0 when every selected run is completed or diverged (or the runs
   were submitted to SLURM), 1 when some failed. Raises SweepError for bad input.
   """
   if executor not in EXECUTORS:
     raise SweepError(f"--executor={executor!r} is unknown: use one of {', '.join(EXECUTORS)}")
-  definition = load_sweep(sweep)
-  runs = expand(definition)
+  definition = load_sweep(with_data(sweep, data))
+  runs = spec.adopt_names(sweep_dir, definition, expand(definition))
   m = spec.manifest(definition, runs)
   # The executor's needs are checked before the manifest pins the sweep directory.
-  gpu_list = None
+  gpu_list, cpu_workers = None, False
   if executor == "gpus" and not dry_run:
     gpu_list = list(gpus) if gpus else executors.detect_gpus()
+    if not executors.has_gpu():
+      # CUDA_VISIBLE_DEVICES would pin nothing: run as many workers on the CPU, and say so once.
+      gpu_list, cpu_workers = [str(i) for i in range(len(gpus) if gpus else 1)], True
+      log(f"no GPU here (nvidia-smi lists none): --executor=gpus trains on the CPU with "
+          f"{len(gpu_list)} local worker{'s' if len(gpu_list) > 1 else ''} instead"
+          + ("" if gpus else " (--gpus=0,0 gives two)"))
     executors.check_gpus(gpu_list)
   if executor == "slurm" and not dry_run:
     from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
@@ -54,17 +77,21 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
     runs = [r for r in runs if pattern.search(r.name)]
   classes = executors.classify(sweep_dir, runs)
   todo = executors.pending(classes)
-  # Each trainer would refuse missing data, one process per run: say it once, for the runs still
-  # to train. Only a warning where they will not train here: a SLURM submit host or a dry run's
-  # machine may not see the cluster's disks.
-  missing = spec.missing_data(todo)
+  # Each trainer would refuse missing data (or tfds without TensorFlow), one process per run: say
+  # it once, for the runs still to train, before the directory is pinned. Only a warning where
+  # they will not train here: a SLURM submit host or a dry run's machine may differ.
+  missing = spec.unmet_needs(todo)
   if missing and (dry_run or executor == "slurm"):
-    log(f"warning: {missing} here")
+    log(f"warning: {missing}" + (" (on this machine)" if executor == "slurm" else
+                                  ": a launch here would refuse to start"))
   elif missing:
     raise SweepError(missing)
-  if dry_run:
-    spec.check_manifest(sweep_dir, m)  # a dry run never writes, but still says if the dir differs
-  else:
+  replaced = os.path.isfile(os.path.join(sweep_dir, spec.MANIFEST)) and not spec.check_manifest(
+      sweep_dir, m)  # a dry run never writes, but still says if the dir differs
+  if replaced:
+    log(f"{sweep_dir} held another sweep none of whose runs started: "
+        + ("a launch replaces it" if dry_run else "replaced by this one"))
+  if not dry_run:
     spec.write_manifest(sweep_dir, m)
   log(f"sweep {definition['name']} (table: {definition['table']}) in {sweep_dir}: {len(runs)} "
       f"runs: {_summary(classes)}")
@@ -97,7 +124,8 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
         state = job.result()
         outcomes[state] = outcomes.get(state, 0) + 1
   elif executor == "gpus":
-    outcomes = executors.run_gpus(sweep_dir, todo, config, config_arg, gpu_list, train_script, log)
+    outcomes = executors.run_gpus(sweep_dir, todo, config, config_arg, gpu_list, train_script, log,
+                                  cpu=cpu_workers)
   else:
     outcomes = executors.run_local(sweep_dir, todo, config, config_arg, train_script, log)
   if outcomes:
@@ -118,4 +146,4 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
 
 
 __all__ = ["EXECUTORS", "Run", "SweepError", "expand", "launch", "load_sweep", "make_sweep",
-           "powers_of_two", "rundir", "executors", "spec"]
+           "powers_of_two", "rundir", "executors", "spec", "with_data"]

@@ -11,6 +11,7 @@ is a result, never re-run):
 
 import contextlib
 import datetime
+import glob
 import json
 import os
 import queue
@@ -49,6 +50,14 @@ def train_command(config: str, config_arg: str, run_dir: str, overrides: dict,
   cmd = [sys.executable, script, config_flag, f"--workdir={run_dir}"]
   cmd += [f"--config.{k}={_fmt_flag(v)}" for k, v in overrides.items()]
   return cmd
+
+
+COMPILATION_CACHE = ".jax_cache"
+
+
+def compilation_cache_dir(sweep_dir: str) -> str:
+  """Where a sweep's trainers share XLA's persistent compilation cache (jax_compilation_cache_dir)."""
+  return os.path.join(os.path.abspath(sweep_dir), COMPILATION_CACHE)
 
 
 def classify(sweep_dir: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -180,6 +189,10 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       # worker dies; closing our copy later does not release the trainer's. SKIPINIT_SWEEP_PID:
       # the trainer stops (checkpointed) when this process dies, even by SIGKILL (train.py).
       env = dict(os.environ if env is None else env, SKIPINIT_SWEEP_PID=str(os.getpid()))
+      # XLA's persistent compilation cache, shared by the sweep's trainers (a user's own setting
+      # wins): a run resumed, or one that compiles the same program as an earlier run, reads its
+      # executables instead of compiling them again.
+      env.setdefault("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir(sweep_dir))
       p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                            pass_fds=(lock.fd,))
       _ACTIVE.add(p)
@@ -263,6 +276,17 @@ def detect_gpus() -> list[str]:
   return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def has_gpu() -> bool:
+  """Whether this machine has an NVIDIA GPU: nvidia-smi lists one, or a /dev/nvidia<N> exists
+  (containers without nvidia-smi)."""
+  try:
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30,
+                         check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    out = ""
+  return "GPU" in out or bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def check_gpus(gpus: Sequence[str]) -> None:
   if not gpus:
     raise SweepError("--executor=gpus found no GPUs (no CUDA_VISIBLE_DEVICES, no nvidia-smi): pass "
@@ -270,11 +294,13 @@ def check_gpus(gpus: Sequence[str]) -> None:
 
 
 def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, gpus: Sequence[str],
-             train_script: str | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
+             train_script: str | None = None, log: Callable[[str], None] = print,
+             cpu: bool = False) -> dict[str, int]:
   """One worker per entry of `gpus`, each training one run at a time on its own GPU.
 
   A GPU id listed twice ("0,0,1,1") runs two small runs on it at once; JAX then allocates memory on
-  demand instead of grabbing most of the GPU per process.
+  demand instead of grabbing most of the GPU per process. `cpu`: no GPU here; the workers train
+  on the CPU (named "worker N", no CUDA_VISIBLE_DEVICES).
   """
   check_gpus(gpus)
   shared = len(set(gpus)) < len(gpus)
@@ -295,9 +321,10 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
           all_done.set()
 
   def work(gpu: str, slot: int):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-    if shared:
+    env = dict(os.environ) if cpu else dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
+    if shared and not cpu:
       env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    where = f"worker {slot}" if cpu else f"gpu {gpu}"
     while not stop.is_set():
       try:
         i, run = todo.get_nowait()
@@ -305,13 +332,13 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
         return
       try:
         state = run_one(sweep_dir, run, config, config_arg, env=env, train_script=train_script,
-                        worker=f"gpu{gpu}.{slot}")
+                        worker=f"cpu.{slot}" if cpu else f"gpu{gpu}.{slot}")
       except Exception as e:  # keep the other workers going; report at the end
         errors.append(f"{run.name}: {e}")
         state = "failed"
       with lock:
         outcomes[state] = outcomes.get(state, 0) + 1
-        log(f"[{i + 1}/{len(runs)}] gpu {gpu}: {run.name}: {_describe(run, state, sweep_dir)}")
+        log(f"[{i + 1}/{len(runs)}] {where}: {run.name}: {_describe(run, state, sweep_dir)}")
 
   threads = [threading.Thread(target=worker, args=(g, s), daemon=True) for s, g in enumerate(gpus)]
   # An Event, not Thread.join: a join that a signal interrupts can leave the thread looking

@@ -17,15 +17,17 @@ a different run list is refused rather than silently mixing budgets.
 """
 
 import dataclasses
+import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 from typing import Any, Callable, Sequence
 
 from skipinit import config as cfg_lib
 from skipinit.errors import ConfigError, SkipInitError
-from skipinit.sweep import rundir
+from skipinit.sweep import methods as methods_lib, rundir
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -55,8 +57,10 @@ class Run:
   method: str
   overrides: dict
   resolved: dict = dataclasses.field(default_factory=dict, compare=False)
-  # The folder data set it reads (data.source=folder), as given; not part of the manifest.
+  # The folder data set it reads (data.source=folder), as given, and its data.source; not part of
+  # the manifest: what a launch checks before it starts trainers (`unmet_needs`).
   data_path: str | None = dataclasses.field(default=None, compare=False)
+  data_source: str | None = dataclasses.field(default=None, compare=False)
 
   def to_json(self) -> dict:
     return {"name": self.name, "method": self.method, "overrides": self.overrides,
@@ -210,6 +214,7 @@ def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str
       "config_arg": ",".join(filter(None, [config_arg, *presets])),
       "arg": arg or "", "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()},
       "runs": [{**r, **extra} for r in runs],
+      "fn": fn,  # (for `describe_sweep`; the manifest records the knobs, not the function)
   }
 
 
@@ -241,10 +246,18 @@ def load_sweep(spec: str) -> dict:
   return sweep
 
 
-def _fmt(value: Any) -> str:
+# Keys whose powers of two are named by the exponent: the learning-rate grids are 2^k, and
+# "lr1.2676506002282294e+30" or "lr0.00390625" read worse than "lr2^100" and "lr2^-8".
+EXPONENT_KEYS = ("train.lr",)
+
+
+def _fmt(value: Any, key: str = "") -> str:
   if isinstance(value, bool):
     return "true" if value else "false"
   if isinstance(value, float):
+    mantissa, exponent = math.frexp(value)
+    if key in EXPONENT_KEYS and mantissa == 0.5:
+      return f"2^{exponent - 1}"
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
   return str(value)
 
@@ -268,8 +281,8 @@ def _run_names(runs: list[tuple[str, dict]]) -> list[str]:
   def names(axes):
     out = []
     for method, o in runs:
-      parts = [_abbrev(k) + _fmt(o[k]) for k in axes if k in o]
-      suffix = re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(parts))
+      parts = [_abbrev(k) + _fmt(o[k], k) for k in axes if k in o]
+      suffix = re.sub(r"[^A-Za-z0-9_.+^-]", "-", "_".join(parts))
       out.append(f"{method}/{suffix}" if suffix else method)
     return out
 
@@ -312,23 +325,44 @@ def expand(sweep: dict, validate: bool = True) -> list[Run]:
   module = _load_module(sweep["config"], "config file") if validate else None
   runs = []
   for name, (method, overrides) in zip(names, raw):
-    resolved, data_path = {}, None
+    resolved, data_path, data_source = {}, None, None
     if module is not None:
       try:
         config = module.get_config(sweep["config_arg"] or None)
         cfg_lib.apply_overrides(config, overrides)
+        cfg_lib.fit_ghost_batch(config)  # what train.py does with the same command
         cfg_lib.validate(config)
       except ConfigError as e:
         raise SweepError(f"run {name}: {e}") from None
-      data_path = config.data.path if config.data.source == "folder" else None
+      data_source = config.data.source
+      data_path = config.data.path if data_source == "folder" else None
       # Typed values (a "0.1" from the sweep argument becomes 0.1) keep names and the manifest exact.
       overrides = {k: _jsonable(config[k.split(".")[0]][k.split(".")[1]]) for k in overrides}
       for key in TABLE_KEYS:
         section, field = key.split(".")
         if section in config and field in config[section]:
           resolved[key] = _jsonable(config[section][field])
-    runs.append(Run(name, method, overrides, resolved, data_path))
+    runs.append(Run(name, method, overrides, resolved, data_path,
+                    data_source if module is not None else None))
   return runs
+
+
+def tfds_installed() -> bool:
+  return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
+def unmet_needs(runs: Sequence[Run]) -> str:
+  """One line naming what some of `runs` need and this machine lacks, or "": their folder data
+  set, or TensorFlow for data.source=tfds (each trainer would refuse its run for it)."""
+  missing = missing_data(runs)
+  if missing:
+    return missing
+  if any(r.data_source == "tfds" for r in runs) and not tfds_installed():
+    return ("data.source=tfds (the default) needs TensorFlow and tensorflow-datasets, which are not "
+            "installed (pip install -e .[imagenet]): with the data set's files, pass --data=PATH "
+            "(a CIFAR-10 folder or .tar.gz, or cifar-10-python.tar.gz), or data.source=folder,"
+            "data.path=PATH in the sweep argument")
+  return ""
 
 
 def missing_data(runs: Sequence[Run]) -> str:
@@ -349,13 +383,27 @@ def _jsonable(value):
 
 # -------------------------------------------------------------------------------------- manifest
 
+REPO_ROOT = os.path.dirname(cfg_lib.CONFIG_DIR)
+
+
+def portable_path(path: str) -> str:
+  """`path` relative to the repository when it lies inside it (configs/cifar10_wrn.py), else
+  absolute: a manifest then holds no path of the machine that made it, and a sweep directory
+  can move between machines (the launcher resolves the config file itself)."""
+  if not path:
+    return path
+  full = os.path.abspath(path)
+  rel = os.path.relpath(full, REPO_ROOT)
+  return full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
+
+
 def manifest(sweep: dict, runs: list[Run]) -> dict:
   """The sweep directory's sweep.json: how the sweep was made and every run it expects."""
   return {
       "version": MANIFEST_VERSION, "name": sweep["name"], "table": sweep["table"],
-      "sweep_file": sweep.get("sweep_file", ""), "arg": sweep.get("arg", ""),
-      "config": sweep["config"], "config_arg": sweep["config_arg"], "knobs": sweep.get("knobs", {}),
-      "runs": [r.to_json() for r in runs],
+      "sweep_file": portable_path(sweep.get("sweep_file", "")), "arg": sweep.get("arg", ""),
+      "config": portable_path(sweep["config"]), "config_arg": sweep["config_arg"],
+      "knobs": sweep.get("knobs", {}), "runs": [r.to_json() for r in runs],
   }
 
 
@@ -375,37 +423,210 @@ def runs_from_manifest(m: dict) -> list[Run]:
   return [Run(r["name"], r["method"], r["overrides"], r.get("resolved", {})) for r in m["runs"]]
 
 
+def _results_keys(overrides: dict) -> str:
+  return json.dumps({k: v for k, v in overrides.items() if k not in cfg_lib.RESUMABLE_KEYS},
+                    sort_keys=True)
+
+
+def _run_key(run: dict) -> tuple:
+  return run["method"], _results_keys(run["overrides"])
+
+
 def _identity(m: dict) -> tuple:
   """What makes two manifests the same sweep: the runs and what they train, not where the data
-  lives or how the work is split (cfg_lib.RESUMABLE_KEYS), so that a relaunch can fix a data path."""
-  def results_keys(overrides):
-    return json.dumps({k: v for k, v in overrides.items() if k not in cfg_lib.RESUMABLE_KEYS},
-                      sort_keys=True)
+  lives or how the work is split (cfg_lib.RESUMABLE_KEYS), so that a relaunch can fix a data path;
+  nor the runs' names, which follow from the rest (`adopt_names` keeps a directory's own)."""
   return (m["table"], m["config_arg"], os.path.basename(m["config"]),
-          [(r["name"], r["method"], results_keys(r["overrides"])) for r in m["runs"]])
+          [_run_key(r) for r in m["runs"]])
+
+
+def adopt_names(sweep_dir: str, sweep: dict, runs: list[Run]) -> list[Run]:
+  """`runs` named as the sweep directory's manifest names the same runs, if it holds this sweep.
+
+  Run names have changed form (lr0.0625 became lr2^-4): a directory made before keeps its
+  names, so that a relaunch finds its runs (trained, or to resume) instead of starting new ones.
+  """
+  if not os.path.isfile(os.path.join(sweep_dir, MANIFEST)):
+    return runs
+  try:
+    old = read_manifest(sweep_dir)
+    if _identity(old) != _identity(manifest(sweep, runs)):
+      return runs
+    names = [r["name"] for r in old["runs"]]
+  except (SweepError, KeyError, TypeError):
+    return runs  # (check_manifest reports an unreadable one)
+  if len(set(names)) != len(runs):
+    return runs
+  return [dataclasses.replace(run, name=name) for run, name in zip(runs, names)]
+
+
+def _started(sweep_dir: str, m: dict) -> list[str]:
+  """The runs of manifest `m` that a trainer has started in `sweep_dir` (it wrote their config or
+  a checkpoint); a run the trainer refused (bad input: it writes nothing) has not started."""
+  started = []
+  for r in m.get("runs", []):
+    run_dir = os.path.join(sweep_dir, str(r.get("name", "")))
+    status = rundir.read_status(run_dir)
+    if (any(os.path.exists(os.path.join(run_dir, f))
+            for f in (rundir.CONFIG, rundir.DATA, rundir.METRICS, "checkpoints"))
+        or (status is not None and not status.get("refused"))):
+      started.append(r["name"])
+  return started
+
+
+def _difference(old: dict, new: dict) -> str:
+  """What tells two sweeps apart, in a few words."""
+  if (old["table"], old["config_arg"]) != (new["table"], new["config_arg"]):
+    return f"table/presets {old['table']}:{old['config_arg']!r} -> {new['table']}:{new['config_arg']!r}"
+  if len(old["runs"]) != len(new["runs"]):
+    return f"{len(old['runs'])} runs -> {len(new['runs'])}"
+  for a, b in zip(old["runs"], new["runs"]):
+    if _run_key(a) != _run_key(b):
+      oa, ob = (json.loads(_results_keys({**r.get("resolved", {}), **r["overrides"]}))
+                for r in (a, b))
+      keys = sorted(k for k in set(oa) | set(ob) if oa.get(k) != ob.get(k))
+      return "; ".join(f"{k} {oa.get(k)!r} -> {ob.get(k)!r}" for k in keys[:3]) + (
+          f" (run {a['name']})" if keys else f"method {a['method']} -> {b['method']}")
+  return "the config file"
 
 
 def check_manifest(sweep_dir: str, m: dict) -> bool:
-  """True if `sweep_dir` already has this sweep's manifest, False if it has none; else SweepError."""
+  """True if `sweep_dir` already has this sweep's manifest; False if it has none, or one of another
+  sweep none of whose runs started (a launch that trained nothing does not pin the directory: it
+  is replaced); else SweepError."""
   if not os.path.isfile(os.path.join(sweep_dir, MANIFEST)):
     return False
   old = read_manifest(sweep_dir)
-  if _identity(old) != _identity(m):
-    raise SweepError(
-        f"{sweep_dir} holds a different sweep ({old.get('sweep_file')}:{old.get('arg')}, "
-        f"{len(old['runs'])} runs); this launch asks for {m['sweep_file']}:{m['arg']} "
-        f"({len(m['runs'])} runs): use a new --sweep_dir, or the original --sweep argument")
-  return True
+  if _identity(old) == _identity(m):
+    return True
+  started = _started(sweep_dir, old)
+  if not started:
+    return False
+  raise SweepError(
+      f"{sweep_dir} holds a different sweep ({old.get('sweep_file')}:{old.get('arg')}, "
+      f"{len(old['runs'])} runs, {len(started)} started) than this launch's "
+      f"({m['sweep_file']}:{m['arg']}, {len(m['runs'])} runs): {_difference(old, m)}; use a new "
+      "--sweep_dir, or the original --sweep argument")
 
 
 def write_manifest(sweep_dir: str, m: dict) -> None:
   """Writes sweep.json, after checking that an existing one describes the same runs.
 
   The same runs with a new data path (say) are rewritten, so that the manifest, and the
-  command a refusal quotes, name the launch that now trains them.
+  command a refusal quotes, name the launch that now trains them; so is the manifest of another
+  sweep none of whose runs started.
   """
   path = os.path.join(sweep_dir, MANIFEST)
   if check_manifest(sweep_dir, m) and read_manifest(sweep_dir) == json.loads(json.dumps(m)):
     return
   os.makedirs(sweep_dir, exist_ok=True)
   rundir.write_json_atomic(path, m)  # atomic: a concurrent launcher never reads half a manifest
+
+
+# ------------------------------------------------------------------------------- help (--list)
+
+# What the knobs of the sweeps in configs/sweeps mean (their defaults come from the functions'
+# signatures). A sweep function may document a knob of its own in an "Args:" docstring section.
+KNOB_HELP = {
+    "epochs": "training epochs of every run (larger batches take fewer steps)",
+    "seeds": "seeds per learning rate (0, 1, ...): the tables give mean ± std over them",
+    "lr_exps": "the learning-rate grid 2^e for each e (lo:hi inclusive, or a;b;c)",
+    "depths": "Wide-ResNet depths (6N+4), a;b;c",
+    "depth": "network depth",
+    "width": "Wide-ResNet widening factor",
+    "batch_size": "global batch of every run",
+    "batch_exps": "batch sizes 2^e for each e (lo:hi inclusive, or a;b;c)",
+    "batch_sizes": "batch sizes, a;b;c",
+    "ghost": "BatchNorm ghost batch (capped at the batch size)",
+    "methods": "table rows, a;b;c, out of skipinit/sweep/methods.py's",
+    "dropout": "regularized SkipInit's dropout rate before the classifier",
+    "clips": "AGC thresholds lambda, a;b;c (0 = without AGC)",
+    "base_lr": "learning rate per 256 examples: the grid is base_lr x B/256 x 2^k",
+}
+SWEEPS_DIR = os.path.join(cfg_lib.CONFIG_DIR, "sweeps")
+
+
+def _fmt_default(value) -> str:
+  if isinstance(value, (tuple, list)):
+    if (len(value) > 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and list(value) == list(range(value[0], value[-1] + 1))):
+      return f"{value[0]}:{value[-1]}"
+    return ";".join(_fmt_default(v) for v in value)
+  if isinstance(value, float):
+    return f"{value:g}"
+  return str(value)
+
+
+def _docstring_args(fn) -> dict:
+  """{name: text} of a Google-style "Args:" section of `fn`'s docstring."""
+  doc = inspect.getdoc(fn) or ""
+  out, current, inside = {}, None, False
+  for line in doc.splitlines():
+    if line.strip() in ("Args:", "Arguments:"):
+      inside = True
+      continue
+    if inside:
+      match = re.match(r"\s{2,}(\w+)(?: \([^)]*\))?: (.*)", line)
+      if match:
+        current = match.group(1)
+        out[current] = match.group(2).strip()
+      elif line.startswith("    ") and current:
+        out[current] += " " + line.strip()
+      elif line.strip() and not line.startswith(" "):
+        inside = False
+  return out
+
+
+def knob_help(fn) -> list[tuple[str, str, str]]:
+  """(knob, default, meaning) of each knob of a sweep function, from its signature and docstring."""
+  args = _docstring_args(fn)
+  return [(name, _fmt_default(p.default), args.get(name) or KNOB_HELP.get(name, ""))
+          for name, p in inspect.signature(fn).parameters.items()
+          if p.default is not inspect.Parameter.empty]
+
+
+def _needs(config) -> str:
+  tf = ("TensorFlow (pip install -e .[imagenet]; "
+        f"{'installed' if tfds_installed() else 'not installed'} here)")
+  if config.data.source == "synthetic":
+    return "nothing: synthetic data"
+  if config.data.name == "imagenet2012":
+    return (f"ImageNet: prepared for tfds with scripts/prepare_imagenet.py and {tf}, or "
+            "--data=FOLDER (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)")
+  return ("CIFAR-10: --data=PATH, a class-folder tree or .tar.gz of one (cifar10-jpeg.tar.gz) or "
+          f"the python archive cifar-10-python.tar.gz; without --data, data.source=tfds needs {tf}")
+
+
+def describe_sweep(path: str) -> str:
+  """A sweep file's knobs with defaults and meanings, its presets and what it needs (--list)."""
+  sweep = load_sweep(path)
+  fn, module = sweep["fn"], cfg_lib.import_file(sweep["config"])
+  title = (inspect.getdoc(cfg_lib.import_file(path)) or "").split("\n")[0]
+  lines = [f"{portable_path(path)}  (table: {sweep['table']}; {len(sweep['runs'])} runs at the "
+           "defaults)", f"  {title}", "  knobs (default, meaning):"]
+  presets = getattr(module, "PRESETS", {})
+  names = [getattr(p, "label", "") or re.sub(r"[()]", "", k).replace("|", ", ")
+           for k, p in presets.items()]
+  knobs = knob_help(fn)
+  if names:
+    knobs.append(("preset", "NAME", f"a preset of {os.path.basename(sweep['config'])}, its depth, "
+                  f"width, epochs, batch and ghost batch the knobs' defaults: {'; '.join(names)}"))
+  for k, d, h in knobs:
+    if k == "methods":
+      h += f" ({', '.join(methods_lib.method_overrides())})"
+    text = f"{k}={d}"
+    lines.append(f"    {text:22s}  {h}" if len(text) <= 22 else f"    {text}\n    {'':22s}  {h}")
+  lines.append(f"  needs: {_needs(module.get_config(None))}")
+  return "\n".join(lines)
+
+
+def describe_sweeps(sweeps_dir: str = SWEEPS_DIR) -> str:
+  """Every sweep file in `sweeps_dir`, described (scripts/sweep.py --list and --help)."""
+  out = []
+  for name in sorted(os.listdir(sweeps_dir)):
+    if name.endswith(".py") and not name.startswith("_"):
+      try:
+        out.append(describe_sweep(os.path.join(sweeps_dir, name)))
+      except SkipInitError as e:  # one broken file must not hide the others
+        out.append(f"{portable_path(os.path.join(sweeps_dir, name))}: cannot be described: {e}")
+  return "\n\n".join(out)
