@@ -5,8 +5,15 @@ r"""Trains one model: python scripts/train.py --config=configs/cifar10_wrn.py:16
                            (presets of cifar10_wrn.py: N-K, smoke, sample; of imagenet_resnet.py:
                            50, 101, ..., smoke); a key may be short (lr) when unambiguous
   --config.SECTION.KEY=V   overrides after the argument, e.g. --config.train.lr=0.05
-                           (sections: model, data, train; README "Config knobs" lists the keys)
+                           (sections: model, data, train)
   --workdir=DIR            the run directory: created, or resumed if it holds this run
+  --list_keys              print every config key with its value and meaning, and exit
+                           (with --config: that config's values; without: the defaults)
+
+Data (CIFAR-10): data.source=folder with data.path at a class-folder tree or .tar.gz of one (the
+project's cifar10-jpeg.tar.gz) or at the official python archive cifar-10-python.tar.gz /
+cifar-10-batches-py; data.source=tfds (the default) needs TensorFlow (pip install -e .[imagenet]).
+A BatchNorm ghost batch larger than train.batch_size is the whole batch (with a warning).
 
 Re-running the same command resumes from the last checkpoint; a finished run is not redone.
 Exit status: 0 for a completed or diverged run (divergence is a result) and for a run stopped by
@@ -27,8 +34,10 @@ from skipinit.errors import SkipInitError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE.py:ARG.",
                                           lock_config=True)
+flags.FLAGS["config"].default_as_str = None  # --help said "(default: 'None')" for a required flag
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it exists).")
-flags.mark_flags_as_required(["config", "workdir"])
+_LIST_KEYS = flags.DEFINE_bool("list_keys", False, "Print every config key with its value and "
+                               "meaning (of --config if given, else the defaults), and exit.")
 
 
 class _QuietLibraries:
@@ -65,15 +74,30 @@ def main(argv):
           "config file's ':' joined by commas (--config=configs/cifar10_wrn.py:smoke,lr=0.1) or "
           "as --config.train.lr=0.1", file=sys.stderr)
     return 2
+  if not _LIST_KEYS.value and not (flags.FLAGS["config"].present and _WORKDIR.value):
+    print("error: --config and --workdir are required, e.g. --config=configs/cifar10_wrn.py:sample "
+          "--workdir=runs/quickstart (--help explains them; --list_keys lists the config keys)",
+          file=sys.stderr)
+    return 2
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from skipinit.train import train_and_evaluate  # after flag parsing: imports JAX
   try:
     config = _CONFIG.value
+    if config is None:  # --list_keys alone: the defaults
+      from skipinit import config as cfg_lib
+      config = cfg_lib.load_config_file("cifar10_wrn")
     config.train  # the file is loaded lazily: a missing or broken one fails on first access
   except Exception as e:  # the config file is user input: whatever it raises is bad input
     print(f"error: {_config_error_line(e)}", file=sys.stderr)
     return 2
+  from skipinit import config as cfg_lib
+  if _LIST_KEYS.value:
+    print(cfg_lib.describe_keys(config))
+    return 0
+  from skipinit.train import train_and_evaluate  # after flag parsing: imports JAX
   try:
+    note = cfg_lib.fit_ghost_batch(config)
+    if note:
+      logging.warning(note)
     status = train_and_evaluate(config, _WORKDIR.value)
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """skipinit: reproduce De & Smith 2020 (SkipInit), BatchNorm, Fixup and NF-ResNets in JAX/Flax."""
 
 import importlib.metadata
+import logging
 import os
 
 from skipinit.errors import CheckpointError, ConfigError, DataError, SkipInitError
@@ -26,3 +27,21 @@ def _work_around_xla_cpu_ynn_fusion() -> None:
 
 
 _work_around_xla_cpu_ynn_fusion()
+
+
+class _NoLibtpuProbe(logging.Filter):
+  """Drops jax's INFO line "Unable to initialize backend 'tpu': ... Failed to open libtpu.so" that
+  every run on a machine without libtpu printed: jax probes for a TPU and logs its absence.
+
+  Only that line: a TPU that is installed but fails (busy, wrong driver) is still logged, and a
+  platform the user asked for (JAX_PLATFORMS) raises, which no filter touches.
+  """
+
+  def filter(self, record):
+    if record.levelno > logging.INFO:
+      return True
+    message = record.getMessage()
+    return not (message.startswith("Unable to initialize backend 'tpu'") and "libtpu" in message)
+
+
+logging.getLogger("jax._src.xla_bridge").addFilter(_NoLibtpuProbe())

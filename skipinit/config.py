@@ -170,6 +170,23 @@ def apply_arg(config, arg: str | None, presets: Mapping[str, Callable]) -> ml_co
   return config
 
 
+def fit_ghost_batch(config) -> str | None:
+  """The ghost-batch rule of train.py and the sweeps alike: a BatchNorm ghost batch larger than
+  the (global) batch is the whole batch. Sets model.ghost_batch_size so (config.json records the
+  size used) and returns the warning to log, or None when nothing changed.
+
+  The cap is the global batch, not the per-device one: BN's statistics must not depend on the
+  device count (the trainer then uses the devices the batch splits over in whole ghost batches).
+  The batch-size sweep has always set min(64, batch) itself, so its runs are unchanged.
+  """
+  m, batch = config.model, config.train.batch_size
+  if m.normalizer != "batchnorm" or not 0 < batch < m.ghost_batch_size:
+    return None
+  ghost, m.ghost_batch_size = m.ghost_batch_size, batch
+  return (f"model.ghost_batch_size={ghost} is larger than train.batch_size={batch}: BatchNorm "
+          f"uses ghost batches of {batch} (the whole batch), as the sweeps do")
+
+
 def validate(config, num_devices: int | None = None) -> None:
   """Checks a whole config before anything is written; raises ConfigError with one clear line."""
   from skipinit.models import validate_model_config  # the model zoo owns the model checks
@@ -185,10 +202,13 @@ def validate(config, num_devices: int | None = None) -> None:
           f"multiple of {num_devices} (or set train.num_devices)")
     per_device = t.batch_size // num_devices
   validate_model_config(config.model, per_device)
-  if config.model.normalizer == "batchnorm" and config.model.ghost_batch_size:
-    if t.batch_size % config.model.ghost_batch_size:
-      raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
-                        f"model.ghost_batch_size={config.model.ghost_batch_size}")
+  ghost = config.model.ghost_batch_size
+  if config.model.normalizer == "batchnorm" and ghost and t.batch_size % ghost:
+    raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
+                      f"model.ghost_batch_size={ghost} (BatchNorm's statistics come from ghost "
+                      f"batches of that size): use a batch size that is a multiple of {ghost}, "
+                      f"or model.ghost_batch_size={math.gcd(t.batch_size, ghost)}, which divides "
+                      f"it (a ghost batch larger than the batch is the whole batch)")
   if t.schedule not in SCHEDULES:
     raise ConfigError(f"train.schedule={t.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")
   if t.optimizer not in OPTIMIZERS:
@@ -259,3 +279,86 @@ def load_config_file(name_or_path: str, arg: str | None = None) -> ml_collection
   path = name_or_path if name_or_path.endswith(".py") else os.path.join(CONFIG_DIR,
                                                                          f"{name_or_path}.py")
   return import_file(path).get_config(arg)
+
+
+# ------------------------------------------------------------------------- what each key means
+
+# One line per key, for `train.py --list_keys` (the README's "Config knobs" table says the same at
+# more length); tests/test_first_hour.py checks that every key of every config file has one.
+KEY_HELP = {
+    "model.name": "wrn (CIFAR Wide-ResNet, depth 6N+4) or resnet_v2 (ImageNet, 50/101/...)",
+    "model.depth": "network depth (WRN: 6N+4, e.g. 16, 100, 1000; ResNet-V2: 14, 26, 50, 101, ...)",
+    "model.width": "WRN widening factor k (int); ResNet-V2: a multiple of 1/64 of the standard widths",
+    "model.normalizer": "batchnorm, skipinit, fixup, none, sqrt2_merge or nf (NF-ResNet)",
+    "model.alpha_init": "skipinit's alpha at init: 0, inv_sqrt_d (1/sqrt(blocks)), 1, or a number",
+    "model.ghost_batch_size": "batchnorm: examples per BN statistic (0 = whole batch; larger than "
+                              "the batch = the whole batch); independent of the device count",
+    "model.conv_bias": "biases in the block convs (unset: on for every variant without BN)",
+    "model.dropout_rate": "dropout before the classifier (regularized SkipInit)",
+    "model.dtype": "compute dtype of the branches: float32 or bfloat16 (params and BN stats float32)",
+    "model.residual_dtype": "dtype of the residual stream, skip path and head (float32 keeps "
+                            "SkipInit's small branches under bfloat16)",
+    "model.remat": "rematerialize the blocks in the backward pass (less memory, more compute)",
+    "model.num_classes": "classes of the classifier (10 for CIFAR-10, 1000 for ImageNet)",
+    "model.scan_unroll": "blocks per nn.scan iteration; 0 = auto (unrolls short stages on CPU)",
+    "model.fused_bn": "batchnorm: BN+ReLU with a hand-written backward pass (false: autodiff)",
+    "model.nf_alpha": "nf: the skip path's variance step per block",
+    "model.nf_skip_gain_init": "nf: the branch gain at init (0: each block starts as the identity)",
+    "model.post_activation": "fixup: its reference code's post-activation network",
+    "model.fixup_init": "fixup: full, or one half of its init: zero_only, rescale_only",
+    "model.conv_init": "block conv init: he (2/fan_in) or fan_in (1/fan_in, DeepMind's code)",
+    "model.classifier_init": "classifier init: empty = the variant's; zeros, lecun_normal, normal_0.01",
+    "data.name": "cifar10 or imagenet2012",
+    "data.source": "tfds (needs TensorFlow: pip install -e .[imagenet]), folder (data.path), or "
+                   "synthetic",
+    "data.path": "folder: a class-folder tree, a .tar.gz of one, or CIFAR-10's python archive "
+                 "(cifar-10-python.tar.gz / cifar-10-batches-py)",
+    "data.data_dir": "tfds: its data_dir (empty = tfds' default)",
+    "data.cache_dir": "where a decoded archive is cached (empty: no cache)",
+    "data.synthetic_train_size": "synthetic: training examples",
+    "data.synthetic_test_size": "synthetic: test examples",
+    "data.image_size": "image side in pixels (32 for CIFAR-10, 224 for ImageNet)",
+    "data.num_workers": "ImageNet input: decoding threads (0 = tf.data AUTOTUNE)",
+    "data.shuffle_buffer": "ImageNet input: examples in the shuffle buffer",
+    "data.backend": "ImageNet folder source's decoder: auto, tf or pil",
+    "data.normalize_on_host": "ImageNet: normalize on the host (false: uint8 batches, on device)",
+    "data.eval_subset": "evaluate on this many test images (a fixed subset); 0 = the whole test set",
+    "train.batch_size": "global batch, split over all devices",
+    "train.epochs": "training length in epochs (converted to steps per run)",
+    "train.optimizer": "sgd (with momentum)",
+    "train.lr": "peak learning rate",
+    "train.momentum": "SGD momentum",
+    "train.nesterov": "Nesterov momentum",
+    "train.weight_decay": "L2 weight decay (on conv/dense kernels only unless weight_decay_all)",
+    "train.weight_decay_all": "decay every parameter (alpha, biases, BN scale/offset, gains too)",
+    "train.schedule": "paper_halving, cosine, step or constant",
+    "train.warmup_epochs": "linear warm-up from 0 to train.lr over these epochs",
+    "train.step_boundaries": "step schedule: fractions of training where the lr is multiplied",
+    "train.step_factor": "step schedule: the multiplier at each boundary",
+    "train.label_smoothing": "label smoothing of the cross-entropy",
+    "train.seed": "seed of the init, the shuffle and the augmentation",
+    "train.eval_every_epochs": "evaluate (and write a metrics.jsonl record) every this many epochs",
+    "train.checkpoint_every_epochs": "checkpoint every this many epochs",
+    "train.keep_checkpoints": "checkpoints kept (the newest)",
+    "train.eval_batch_size": "evaluation batch",
+    "train.steps_per_dispatch": "train steps fused into one jitted lax.scan",
+    "train.num_devices": "devices of the data-parallel mesh; 0 = every device the batch splits over",
+    "train.fixup_scalar_lr_mult": "fixup: its scalars' lr multiplier (with fixup_scalar_lr=relative)",
+    "train.fixup_scalar_lr": "fixup scalars' lr: relative (x the mult), a fixed number, or off",
+    "train.agc_clip": "adaptive gradient clipping lambda (0 = off)",
+    "train.agc_eps": "adaptive gradient clipping epsilon",
+    "train.log_every_steps": "a progress line every this many steps",
+}
+
+
+def describe_keys(config) -> str:
+  """The keys of `config`, each with its value and meaning (train.py --list_keys)."""
+  rows = []
+  for key in all_keys(config):
+    section, name = key.split(".")
+    value = config[section][name]
+    shown = ";".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+    rows.append((key, "" if shown is None else str(shown), KEY_HELP.get(key, "")))
+  width = max(len(k) for k, _, _ in rows)
+  vwidth = min(18, max(len(v) for _, v, _ in rows))
+  return "\n".join(f"{k:{width}s}  {v:{vwidth}s}  {h}".rstrip() for k, v, h in rows)
