@@ -251,3 +251,50 @@ def test_a_bad_flag_is_one_error_line_and_exit_2(script, args, message):
                      capture_output=True, text=True)
   assert p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
   assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- what the titles say (19)
+
+def _data_json(sweep_dir, run, **fields):
+  (sweep_dir / run / "data.json").write_text(json.dumps(fields))
+
+
+def test_titles_name_the_data_the_runs_read_and_the_budget(tmp_path):
+  one = "batchnorm/depth16_lr2^-2_seed0"
+  # Synthetic data (the smoke sweeps of the README), the runs' data.json as the trainer writes it.
+  synth = make_sweep_dir(tmp_path / "synth", DEPTH_SWEEP + ",preset=smoke", {one: C(0.5)})
+  _data_json(synth, one, train_examples=256, test_examples=64, sha1="s", name="cifar10",
+             source="synthetic")
+  [t] = tables.build_tables([str(synth)])
+  assert t.title == ("Test accuracy (%) of Wide-ResNets by depth — synthetic data (shaped as "
+                     "CIFAR-10) (256 train / 64 test images); 1 epoch, 2 seeds per learning rate")
+  assert "CIFAR-10 test accuracy" not in tables.to_markdown(t)
+  # The real files, with a 1,000-image evaluation subset; a run of data.json before its names
+  # existed takes them from its config.
+  real = make_sweep_dir(tmp_path / "real", BS_SWEEP + ",data.source=folder,data.path="
+                        "/data/cifar10-jpeg.tar.gz", {"batchnorm/bs64_lr2^-3_seed0": C(0.5)})
+  _data_json(real, "batchnorm/bs64_lr2^-3_seed0", train_examples=50000, test_examples=10000,
+             sha1="r", eval_examples=1000)
+  [t] = tables.build_tables([str(real)])
+  assert t.title == ("Batch size vs optimal learning rate (WRN-16-4) — CIFAR-10 from "
+                     "cifar10-jpeg.tar.gz (50,000 train / 10,000 test images), test accuracy on a "
+                     "fixed subset of 1,000 images; 1 epoch, 2 seeds per learning rate")
+  assert "Runs: the cell's runs that finished" in tables.to_markdown(t)
+  # Nothing started yet: what the config asks for (tfds by default), without sizes.
+  [t] = tables.build_tables([str(make_sweep_dir(tmp_path / "new", DEPTH_SWEEP, {}))])
+  assert t.about == "CIFAR-10 from tfds; 1 epoch, 2 seeds per learning rate"
+  written = tables.make_tables([str(real)], str(tmp_path / "out"))
+  assert any(p.endswith("fig_batch_size_accuracy.png") for p in written)
+
+
+def test_runs_evaluated_on_a_subset_never_share_a_cell_with_full_test_set_runs(tmp_path):
+  a, b = "batchnorm/depth16_lr2^-2_seed0", "batchnorm/depth16_lr2^-2_seed1"
+  full = make_sweep_dir(tmp_path / "full", DEPTH_SWEEP, {a: C(0.9)})
+  sub = make_sweep_dir(tmp_path / "sub", DEPTH_SWEEP, {b: C(0.8)})
+  common = dict(train_examples=50000, test_examples=10000, sha1="same")
+  _data_json(full, a, **common)  # written before data.eval_subset: the whole test set
+  _data_json(sub, b, **common, eval_examples=1000)
+  with pytest.raises(spec.SweepError, match=r"data.eval_examples=1000 .* data.eval_examples=10000"):
+    tables.build_tables([str(full), str(sub)])
+  _data_json(sub, b, **common, eval_examples=10000)  # a "subset" of all of it is the whole set
+  assert "85.00 ± 7.07" in tables.to_markdown(tables.build_tables([str(full), str(sub)])[0])

@@ -10,6 +10,7 @@ left out of the lines, so a line never interpolates over a missing point silentl
 
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -17,6 +18,12 @@ matplotlib.use("Agg")  # files only; no display on clusters
 import matplotlib.pyplot as plt  # noqa: E402
 
 from skipinit.analysis.tables import Table, label  # noqa: E402
+
+
+def _title(ax, table: Table) -> None:
+  """What the runs trained on and for how long (the table's `about`), above the plot."""
+  if table.about:
+    ax.set_title("\n".join(textwrap.wrap(table.about, 80)), fontsize=6.5)
 
 
 def _save(fig, out_dir: str, name: str) -> list[str]:
@@ -83,6 +90,7 @@ def batch_size_figures(table: Table, out_dir: str) -> list[str]:
   ax.set_ylabel("test accuracy at the best lr (%)")
   ax.grid(alpha=0.3)
   ax.legend()
+  _title(ax, table)
   written += _save(fig, out_dir, "fig_batch_size_accuracy")
 
   fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -105,6 +113,7 @@ def batch_size_figures(table: Table, out_dir: str) -> list[str]:
   ax.set_ylabel("optimal learning rate")
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=7)
+  _title(ax, table)
   written += _save(fig, out_dir, "fig_batch_size_lr")
   return written
 
@@ -126,6 +135,7 @@ def agc_figure(table: Table, out_dir: str) -> list[str]:
   ax.set_ylabel("test accuracy at the best lr (%)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
+  _title(ax, table)
   return _save(fig, out_dir, "fig_agc_batch_size")
 
 

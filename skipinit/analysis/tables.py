@@ -31,8 +31,11 @@ ACC_SCALE = 100.0
 REFERENCE_METHODS = ("batchnorm", "skipinit_a0")  # depth-table rows shown next to the ablations
 # What the runs of one table cell must share besides the method (every lr and seed of a cell is
 # the same experiment): the resolved keys every run has, started or not, less the grid's.
+# From the run's data.json, once it has started: a cell never mixes data sets, nor runs evaluated
+# on a subset of the test set (data.eval_subset) with runs evaluated on all of it.
 PROTOCOL_KEYS = tuple(k for k in TABLE_KEYS if k not in ("train.lr", "train.seed")) + (
-    "data.train_examples", "data.sha1")  # from the run's data.json, once it has started
+    "data.train_examples", "data.test_examples", "data.eval_examples", "data.sha1")
+DATA_NAMES = {"cifar10": "CIFAR-10", "imagenet2012": "ImageNet"}
 
 
 # ------------------------------------------------------------------------------------ run results
@@ -95,6 +98,9 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
     data = rundir.read_json(os.path.join(run_dir, rundir.DATA))  # what it trained on
     if isinstance(data, dict):
       params.update({f"data.{k}": v for k, v in data.items()})
+      # No "eval_examples" (every run before data.eval_subset, and any run without one): it was
+      # evaluated on the whole test set.
+      params.setdefault("data.eval_examples", data.get("test_examples"))
     state = rundir.run_state(run_dir)
     result = RunResult(run["name"], run["method"], sweep_dir, params, state)
     if state == "completed":
@@ -259,7 +265,10 @@ def _runs_of(groups: dict) -> list[RunResult]:
 
 @dataclasses.dataclass
 class Table:
-  """A rendered table: display rows for Markdown/LaTeX, machine-readable records for CSV."""
+  """A rendered table: display rows for Markdown/LaTeX, machine-readable records for CSV.
+
+  `about` says what the runs trained on and for how long (`describe_runs`); the title ends with it.
+  """
 
   name: str
   title: str
@@ -269,6 +278,54 @@ class Table:
   runs: list[RunResult]
   notes: list[str] = dataclasses.field(default_factory=list)
   groups: dict = dataclasses.field(default_factory=dict)
+  about: str = ""
+
+  def __post_init__(self):
+    if not self.about and self.runs:
+      self.about = describe_runs(self.runs)
+      self.title = f"{self.title} — {self.about}"
+
+
+def _count(n, what: str) -> str:
+  return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+def _data_text(r: RunResult) -> tuple[tuple, str]:
+  """(what identifies the data set, how the title names it) of one run: from its data.json once
+  it has started (the sizes), else from its config (older runs' data.json lack name and source)."""
+  name, source = r.get("data.name") or "cifar10", r.get("data.source") or "tfds"
+  label = DATA_NAMES.get(name, name)
+  path = str(r.get("data.path") or "").rstrip("/")
+  train, test = r.get("data.train_examples"), r.get("data.test_examples")
+  if source == "synthetic":
+    where = f"synthetic data (shaped as {label})"
+    train = train or r.get("data.synthetic_train_size")
+    test = test or r.get("data.synthetic_test_size")
+  elif source == "folder":
+    where = f"{label} from {os.path.basename(path) or 'a folder'}"
+  else:
+    where = f"{label} from {source}"
+  sizes = f" ({train:,} train / {test:,} test images)" if train and test else ""
+  evaluated = r.get("data.eval_examples") or r.get("data.eval_subset") or None
+  subset = (f", test accuracy on a fixed subset of {_count(evaluated, 'image')}"
+            if evaluated and (not test or evaluated < test) else "")
+  return (name, source, os.path.basename(path)), where + sizes + subset
+
+
+def describe_runs(runs: Sequence[RunResult]) -> str:
+  """"CIFAR-10 from cifar10-jpeg.tar.gz (50,000 train / 10,000 test images); 200 epochs, 3 seeds
+  per learning rate": the data the runs trained on (from data.json: what a run actually read) and
+  the budget, for the table's title."""
+  texts: dict[tuple, str] = {}
+  for r in runs:
+    key, text = _data_text(r)
+    if len(text) > len(texts.get(key, "")):  # a started run's text (with sizes) wins
+      texts[key] = text
+  epochs = sorted({float(e) for e in (r.get("train.epochs") for r in runs) if e is not None})
+  seeds = len({r.get("train.seed", 0) for r in runs})
+  budget = ", ".join(f"{e:g}" for e in epochs) + (" epoch" if epochs == [1.0] else " epochs")
+  return (f"{'; '.join(dict.fromkeys(texts.values()))}; {budget if epochs else 'epochs unknown'}, "
+          f"{_count(seeds, 'seed')} per learning rate")
 
 
 def label(method: str) -> str:
@@ -393,8 +450,10 @@ def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) ->
            "learning rates where every seed completed. Largest stable lr: the largest learning rate "
            "at which no seed diverged (≥: a lower bound, the top of the grid or below a rate "
            "that has not finished). * at the edge of the grid (widen "
-           "lr_exps). † unfinished runs in the cell.", *warnings]
-  return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)}, CIFAR-10)",
+           "lr_exps). † unfinished runs in the cell. Runs: the cell's runs that finished "
+           "(completed or diverged) out of all it expects, every learning rate times every seed.",
+           *warnings]
+  return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)})",
                header, rows, records, _runs_of(groups), notes, groups)
 
 
@@ -416,7 +475,7 @@ def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> T
   cells, records = _best_grid(groups, methods, sizes, "method", "batch_size")
   rows = [[label(m), *row] for m, row in zip(methods, cells)]
   depth = next((r.get("model.depth") for r in runs), "")
-  return Table("imagenet_table", f"ImageNet top-1 (%), ResNet-{depth}-V2, at the best learning rate",
+  return Table("imagenet_table", f"Top-1 (%), ResNet-{depth}-V2, at the best learning rate",
                ["Method"] + [f"batch {bs}" for bs in sizes], rows, records, _runs_of(groups),
                [_NOTE_BEST.replace("test accuracy (%)", "top-1 accuracy (%)"), *warnings], groups)
 
@@ -552,7 +611,7 @@ def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
     methods = list(dict.fromkeys(order[kind]))
     if kind == "depth":
       tables.append(method_by_depth_table(
-          "depth_table", "CIFAR-10 test accuracy (%) of Wide-ResNets by depth", runs, methods))
+          "depth_table", "Test accuracy (%) of Wide-ResNets by depth", runs, methods))
     elif kind == "ablation":
       notes = []
       refs = [r for r in by_kind.get("depth", []) if r.method in REFERENCE_METHODS]
@@ -563,7 +622,7 @@ def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
       elif refs:
         notes.append("Depth-table reference rows left out: their epochs or batch size differ.")
       t = method_by_depth_table(
-          "ablation_table", "Ablations: CIFAR-10 test accuracy (%) of Wide-ResNets by depth", runs,
+          "ablation_table", "Ablations: test accuracy (%) of Wide-ResNets by depth", runs,
           methods)
       t.notes = notes + t.notes
       tables.append(t)
