@@ -50,7 +50,10 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       fused_bn=True,             # batchnorm: hand-written BN+ReLU backward (False: autodiff)
       nf_alpha=0.2, nf_skip_gain_init=0.0,
       post_activation=False,     # fixup: its reference code's post-activation network
-      fixup_init="full")         # fixup: "full", or one half of its init: "zero_only", "rescale_only"
+      fixup_init="full",         # fixup: "full", or one half of its init: "zero_only", "rescale_only"
+      residual_dtype="float32",  # the residual stream, skip path and head (dtype: the branches)
+      conv_init="he",            # "he" (2/fan_in) or "fan_in" (Haiku's default, DeepMind's code)
+      classifier_init="")        # "": the variant's; "zeros", "lecun_normal", "normal_0.01"
   model.update(model_defaults)
   c.model = model
   c.data = dict(
@@ -72,6 +75,7 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       steps_per_dispatch=8,      # train steps fused into one jitted call (lax.scan) on device data
       num_devices=0,             # 0: every local device
       fixup_scalar_lr_mult=0.1,  # Fixup's scalar biases, multipliers, classifier bias: lr/10
+      fixup_scalar_lr="relative",  # their rule: "relative" (x the mult), a number (fixed), "off"
       agc_clip=0.0, agc_eps=1e-3,  # adaptive gradient clipping lambda; 0 = off
       log_every_steps=100)
   return c
@@ -236,6 +240,9 @@ def validate(config, num_devices: int | None = None) -> None:
       ("step_factor", 0 < t.step_factor < math.inf, "a positive finite number"),
       ("agc_eps", 0 < t.agc_eps < math.inf, "a positive finite number"),
       ("fixup_scalar_lr_mult", 0 <= t.fixup_scalar_lr_mult < math.inf, "a finite number >= 0"),
+      ("fixup_scalar_lr", _fixup_scalar_lr_ok(t.get("fixup_scalar_lr", "relative")),
+       "'relative' (train.lr x train.fixup_scalar_lr_mult), 'off' (train.lr, as DeepMind's "
+       "code), or a number >= 0 (a fixed peak lr, as the official code's base_lr/10 = 0.01)"),
       ("epochs", 0 < t.epochs < math.inf, "a positive finite number"),
       ("eval_every_epochs", 0 < t.eval_every_epochs < math.inf, "a positive finite number"),
       ("checkpoint_every_epochs", 0 < t.checkpoint_every_epochs < math.inf,
@@ -253,6 +260,15 @@ def validate(config, num_devices: int | None = None) -> None:
        "an integer >= 1 (a run resumes from its checkpoints)")):
     if not ok:  # NaN fails every comparison, so it lands here too
       raise ConfigError(f"train.{key}={t[key]!r} is not valid: it must be {allowed}")
+
+
+def _fixup_scalar_lr_ok(value) -> bool:
+  if str(value).strip() in ("relative", "off"):
+    return True
+  try:
+    return 0 <= float(value) < math.inf
+  except ValueError:
+    return False
 
 
 def to_json(config) -> str:

@@ -165,6 +165,50 @@ def test_post_activation_is_refused_where_it_is_not_implemented():
     models.build_model(model_config(normalizer="batchnorm", post_activation=True))
 
 
+@pytest.mark.parametrize("normalizer", ["skipinit", "batchnorm", "none"])
+def test_conv_init_he_or_haikus_fan_in(normalizer):
+  """model.conv_init: He (variance 2/fan_in, the default) or Haiku's default that DeepMind's
+  SkipInit and BatchNorm ResNets keep: TruncatedNormal(stddev=1/sqrt(fan_in)) cut at +-2 and not
+  rescaled, variance 0.774/fan_in. Every conv follows it: stem, branches, projections."""
+  variances = {}
+  for conv_init in ("he", "fan_in"):
+    params = init(model_config(depth=22, width=2, normalizer=normalizer, conv_init=conv_init),
+                  images(2))["params"]
+    w = np.asarray(params["stage1_blocks"]["conv1"]["kernel"])  # (2, 3, 3, 64, 64): fan_in 576
+    variances[conv_init] = float(np.var(w)) * 576
+    if conv_init == "fan_in":
+      assert float(np.max(np.abs(w))) <= 2 / np.sqrt(576) + 1e-7  # cut at 2 stddevs
+      proj = np.asarray(params["stage2_block0"]["proj"]["kernel"])  # 1x1, fan_in 64
+      assert np.var(proj) * 64 == pytest.approx(0.774, rel=0.05)
+      stem = np.asarray(params["stem"]["kernel"])  # 3x3x3: fan_in 27, 32 outputs: few samples
+      assert np.var(stem) * 27 == pytest.approx(0.774, rel=0.25)
+  assert variances["he"] == pytest.approx(2.0, rel=0.03)
+  assert variances["fan_in"] == pytest.approx(0.7737, rel=0.03)
+
+
+def test_fixup_convs_keep_fixups_init_whatever_conv_init():
+  he, fan_in = (init(model_config(depth=22, width=1, normalizer="fixup", conv_init=c),
+                     images(2))["params"] for c in ("he", "fan_in"))
+  np.testing.assert_array_equal(he["stage1_blocks"]["conv0"]["kernel"],
+                                fan_in["stage1_blocks"]["conv0"]["kernel"])
+  assert not np.allclose(he["stem"]["kernel"], fan_in["stem"]["kernel"])
+
+
+@pytest.mark.parametrize("normalizer,expected_std", [
+    ("batchnorm", 0.0), ("skipinit", 0.0), ("fixup", 0.0), ("nf", 0.01),
+    ("none", np.sqrt(1 / 64))])
+def test_classifier_init_follows_deepminds_code_per_variant(normalizer, expected_std):
+  """Zeros for BatchNorm, SkipInit, Fixup, N(0, 0.01^2) for NF-ResNets (DeepMind's resnet.py,
+  skipinit_resnet.py, fixup_resnet.py, nf_resnet.py); lecun_normal for the unnormalized
+  ablations, which have no reference code. model.classifier_init overrides it."""
+  cfg = model_config(depth=10, width=1, normalizer=normalizer, num_classes=1000)
+  kernel = np.asarray(init(cfg, images(2))["params"]["classifier"]["kernel"])  # (64, 1000)
+  assert float(np.std(kernel)) == pytest.approx(expected_std, rel=0.05, abs=1e-12)
+  cfg.update(classifier_init="lecun_normal")
+  kernel = np.asarray(init(cfg, images(2))["params"]["classifier"]["kernel"])
+  assert float(np.std(kernel)) == pytest.approx(np.sqrt(1 / 64), rel=0.05)
+
+
 def test_ghost_batchnorm_equals_batchnorm_of_each_chunk():
   x = jax.random.normal(jax.random.key(0), (12, 4, 4, 5)) * 3 + 1
   ghost = GhostBatchNorm(use_running_average=False, ghost_batch_size=4)
@@ -298,6 +342,9 @@ def test_ghost_bn_train_output_does_not_depend_on_device_count():
     (dict(dtype="float16"), "float32, bfloat16"),
     (dict(normalizer="fixup", fixup_init="zero"), "full, zero_only, rescale_only"),
     (dict(normalizer="skipinit", fixup_init="zero_only"), "normalizer='fixup' only"),
+    (dict(conv_init="glorot"), "he, fan_in"),
+    (dict(classifier_init="ones"), "zeros, lecun_normal, normal_0.01"),
+    (dict(residual_dtype="float64"), "residual_dtype='float64' is unknown"),
 ])
 def test_bad_model_configs_raise_clear_errors(overrides, message):
   with pytest.raises(ConfigError, match=message.replace("+", r"\+")):

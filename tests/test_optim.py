@@ -3,9 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
-from skipinit import config as cfg_lib, models
+from skipinit import ConfigError, config as cfg_lib, models
 from skipinit.train import optim
 
 
@@ -53,3 +54,48 @@ def test_fixup_scalars_and_classifier_bias_train_at_a_tenth_of_the_lr():
   assert updates["stage0_blocks/conv0/kernel"] == 1.0 and updates["classifier/kernel"] == 1.0
   assert _first_update("fixup", ones, weight_decay=0.0, fixup_scalar_lr_mult=1.0)[
       "classifier/bias"] == 1.0
+
+
+def test_fixup_scalar_lr_rules():
+  """train.fixup_scalar_lr: "relative" (lr x fixup_scalar_lr_mult, the default), a fixed peak
+  value (the official code's base_lr/10 = 0.01, not scaled with the batch), or "off" (DeepMind's
+  Fixup: one lr for everything)."""
+  ones = lambda p: jax.tree.map(jnp.ones_like, p)
+  at = lambda **t: _first_update("fixup", ones, weight_decay=0.0, **t)  # lr = 1.0
+  assert at()["stage0_blocks/scale"] == np.float32(0.1)
+  assert at(fixup_scalar_lr="relative", fixup_scalar_lr_mult=0.5)["stage0_blocks/scale"] == 0.5
+  assert at(fixup_scalar_lr="off")["stage0_blocks/scale"] == 1.0
+  fixed = at(fixup_scalar_lr="0.01")
+  assert fixed["stage0_blocks/scale"] == np.float32(0.01) and fixed["classifier/bias"] == np.float32(0.01)
+  assert fixed["stage0_blocks/conv0/kernel"] == 1.0
+  # A fixed value does not follow train.lr (a batch-size-scaled lr), but does follow the schedule.
+  t = cfg_lib.base_config().train
+  t.update(lr=1.6, fixup_scalar_lr="0.01")  # ImageNet at batch 4096: the official code's 0.01
+  assert np.isclose(optim.fixup_scalar_lr_scale(t) * 1.6, 0.01)
+  t.update(fixup_scalar_lr="relative")
+  assert np.isclose(optim.fixup_scalar_lr_scale(t) * 1.6, 0.16)
+
+
+def test_fixup_scalar_lr_is_validated():
+  for bad in ("fast", "-0.1", "nan"):
+    c = cfg_lib.load_config_file("cifar10_wrn", f"smoke,fixup_scalar_lr={bad}")
+    with pytest.raises(ConfigError, match="train.fixup_scalar_lr='.*' is not valid: it must be "
+                                          "'relative'"):
+      cfg_lib.validate(c)
+  for good in ("relative", "off", "0.01", "0"):
+    cfg_lib.validate(cfg_lib.load_config_file("cifar10_wrn", f"smoke,fixup_scalar_lr={good}"))
+
+
+def test_run_directories_made_before_the_new_keys_resume_unchanged(tmp_path):
+  """An existing run's config.json has train.fixup_scalar_lr_mult and none of issue 15's keys:
+  its resume is not refused, and the defaults give it the rule it trained with."""
+  import json
+  from skipinit.train import rundir
+  config = cfg_lib.load_config_file("cifar10_wrn", "smoke,normalizer=fixup")
+  old = json.loads(cfg_lib.to_json(config))
+  for section, key in (("train", "fixup_scalar_lr"), ("model", "residual_dtype"),
+                       ("model", "conv_init"), ("model", "classifier_init")):
+    del old[section][key]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  rundir.check_config(str(tmp_path), config)
+  assert optim.fixup_scalar_lr_scale(config.train) == old["train"]["fixup_scalar_lr_mult"] == 0.1

@@ -55,6 +55,14 @@ def validate_model_config(model_config, per_device_batch: int | None = None) -> 
   if model_config.get("dtype", "float32") not in DTYPES:
     raise ConfigError(f"model.dtype={model_config.dtype!r} is unknown: use one of "
                       f"{', '.join(DTYPES)}")
+  residual = model_config.get("residual_dtype", "float32")
+  if residual not in DTYPES:
+    raise ConfigError(f"model.residual_dtype={residual!r} is unknown: use one of "
+                      f"{', '.join(DTYPES)}")
+  if DTYPES[residual](0).itemsize < DTYPES[model_config.get("dtype", "float32")](0).itemsize:
+    raise ConfigError(f"model.residual_dtype={residual} is narrower than "
+                      f"model.dtype={model_config.dtype}: the residual stream must be at least as "
+                      "precise as the branches (use residual_dtype=float32)")
   rate = model_config.get("dropout_rate", 0.0)
   if not 0.0 <= rate < 1.0:
     raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")
@@ -86,6 +94,7 @@ def build_model(model_config) -> ResNet:
       scan_unroll=int(model_config.get("scan_unroll", 0)),
       fused_bn=bool(model_config.get("fused_bn", True)),
       dtype=DTYPES[model_config.get("dtype", "float32")],
+      residual_dtype=DTYPES[model_config.get("residual_dtype", "float32")],
   )
 
 

@@ -11,6 +11,17 @@ Dtype = Any
 
 # He (Kaiming) normal on the fan-in: the init under which PAPER.md section 5's variance arguments hold.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+# Haiku's default conv init, which DeepMind's SkipInit, BatchNorm and Fixup ResNets (nfnets/) keep:
+# TruncatedNormal(stddev=1/sqrt(fan_in)) cut at 2 stddevs and not rescaled for the cut, so its
+# variance is 0.774/fan_in. flax's variance_scaling does rescale (stddev = sqrt(scale)/0.8796):
+# scale = 0.8796^2 gives back exactly Haiku's distribution.
+_TRUNCATED_STD = 0.87962566103423978  # std of a unit normal cut at +-2
+haiku_fan_in = nn.initializers.variance_scaling(_TRUNCATED_STD ** 2, "fan_in", "truncated_normal")
+# model.conv_init -> the initializer of every conv but Fixup's branch and projection convs.
+CONV_INITS = {"he": he_normal, "fan_in": haiku_fan_in}
+# model.classifier_init -> the final linear layer's kernel init.
+CLASSIFIER_INITS = {"zeros": nn.initializers.zeros, "lecun_normal": nn.initializers.lecun_normal(),
+                    "normal_0.01": nn.initializers.normal(0.01)}
 
 
 @jax.custom_vjp

@@ -12,6 +12,7 @@ import math
 from typing import Optional
 
 from skipinit.errors import ConfigError
+from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS
 
 NF_ACTIVATION_GAIN = 1.7139588594436646  # ReLU gain of NF-ResNets: 1/sqrt(E[relu(z)^2] - E[relu(z)]^2)
 
@@ -42,8 +43,14 @@ class Recipe:
   # "zero_only" (last conv zero, no rescale) and "rescale_only" (every conv rescaled, none zero).
   scalar_biases: bool = False
   fixup_init: str = ""
-  zero_init_classifier: bool = False
   post_activation: bool = False
+  # Initializers (layers.CONV_INITS, layers.CLASSIFIER_INITS). Convs: He by default for every
+  # variant (README "Numerics and defaults"); "fan_in" is Haiku's default, which DeepMind's code
+  # keeps. Classifier: as DeepMind's code for each variant it has (zeros for BatchNorm, SkipInit
+  # and Fixup, N(0, 0.01^2) for NF-ResNets); flax's lecun_normal for the unnormalized ablations,
+  # which have no reference code.
+  conv_init: str = "he"
+  classifier_init: str = "lecun_normal"
   # NF-ResNets (Brock et al. 2021): scaled weight standardization, a gained ReLU, and each
   # block's input divided by the analytically tracked std of the skip path (beta).
   weight_standardization: bool = False
@@ -51,15 +58,15 @@ class Recipe:
   track_variance: bool = False
 
 
-BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True)
+BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True, classifier_init="zeros")
 SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name="alpha",
-                             gain_init=0.0, zero_init_classifier=True)
+                             gain_init=0.0, classifier_init="zeros")
 Fixup = functools.partial(Recipe, name="fixup", gain_name="scale", gain_init=1.0,
-                          scalar_biases=True, fixup_init="full", zero_init_classifier=True)
+                          scalar_biases=True, fixup_init="full", classifier_init="zeros")
 NoNorm = functools.partial(Recipe, name="none", conv_bias=True)
 Sqrt2Merge = functools.partial(Recipe, name="sqrt2_merge", conv_bias=True, out_scale=1 / math.sqrt(2))
 NFNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain", gain_init=0.0,
-                          branch_multiplier=0.2, zero_init_classifier=True,
+                          branch_multiplier=0.2, classifier_init="normal_0.01",
                           weight_standardization=True, activation_gain=NF_ACTIVATION_GAIN,
                           track_variance=True)
 
@@ -114,6 +121,17 @@ def make_recipe(model_config, num_blocks: int) -> Recipe:
   conv_bias = model_config.get("conv_bias", None)
   if conv_bias is not None:
     overrides["conv_bias"] = bool(conv_bias)
+  conv_init = str(model_config.get("conv_init", "he"))
+  if conv_init not in CONV_INITS:
+    raise ConfigError(f"model.conv_init={conv_init!r} is unknown: use one of {', '.join(CONV_INITS)} "
+                      "(he: variance 2/fan_in; fan_in: Haiku's default, as DeepMind's code)")
+  overrides["conv_init"] = conv_init
+  classifier_init = str(model_config.get("classifier_init", "") or "")
+  if classifier_init:  # "": the variant's own (Recipe.classifier_init)
+    if classifier_init not in CLASSIFIER_INITS:
+      raise ConfigError(f"model.classifier_init={classifier_init!r} is unknown: use one of "
+                        f"{', '.join(CLASSIFIER_INITS)}, or '' for the variant's default")
+    overrides["classifier_init"] = classifier_init
   if model_config.get("post_activation", False):
     if name != "fixup":
       raise ConfigError(f"model.post_activation=true is implemented for fixup only (its reference "

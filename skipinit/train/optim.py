@@ -1,9 +1,9 @@
 """Optimizer and learning-rate schedules (PAPER.md section 4), all durations in epochs.
 
 SGD with (Nesterov) momentum; L2 weight decay added to the gradient (as in the paper's SGD) on conv
-and dense kernels only unless `train.weight_decay_all`; Fixup's scalar biases and multipliers at a
-fraction of the learning rate; optional Adaptive Gradient Clipping (Brock et al. 2021) before weight
-decay and momentum, never on the classifier.
+and dense kernels only unless `train.weight_decay_all`; Fixup's scalar biases and multipliers at
+their own learning rate (`fixup_scalar_lr_scale`); optional Adaptive Gradient Clipping (Brock et al.
+2021) before weight decay and momentum, never on the classifier.
 """
 
 import jax
@@ -53,8 +53,8 @@ def weight_decay_mask(params, decay_all: bool = False):
 
 def fixup_scalar_mask(params, gain_name: str = "scale"):
   """Fixup's scalar biases (named *_bias), branch multipliers (`gain_name`) and the classifier's
-  bias: the official code's optimizer puts every parameter named *bias* or *scale* in its lr/10
-  group, the linear layer's bias included."""
+  bias: the official code's optimizer puts every parameter named *bias* or *scale* in its
+  base_lr/10 group, the linear layer's bias included."""
   return _path_mask(params, lambda path: path[-1].endswith("_bias") or path[-1] == gain_name
                     or path == ("classifier", "bias"))
 
@@ -88,6 +88,25 @@ def adaptive_grad_clip(clipping: float, eps: float = 1e-3) -> optax.GradientTran
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def fixup_scalar_lr_scale(train_config) -> float:
+  """Fixup's scalars' learning rate over the other parameters' (`train.fixup_scalar_lr`).
+
+  "relative": train.fixup_scalar_lr_mult (0.1), at every lr and batch size. The official Fixup
+  code trains them at base_lr/10 with base_lr = 0.1 fixed while the weights' lr is
+  base_lr x B/128 (CIFAR) or x B/256 (ImageNet), both following the schedule: a fixed peak value
+  (a number here, 0.01 for that code) that equals "relative" at its reference batch and lr only.
+  "off": the same lr as everything else, as DeepMind's Fixup (no separate group).
+  """
+  rule = str(train_config.get("fixup_scalar_lr", "relative")).strip()
+  if rule == "relative":
+    return float(train_config.get("fixup_scalar_lr_mult", 1.0))
+  if rule == "off":
+    return 1.0
+  # A fixed peak lr: updates are linear in the lr, so scaling them by value/lr trains the scalars
+  # at value x (the schedule's factor), warm-up and decay included, as the official code does.
+  return float(rule) / train_config.lr if train_config.lr else 0.0
+
+
 def make_optimizer(train_config, lr_fn, params, recipe_name: str = "", gain_name: str = "scale"):
   """The optax chain: [AGC] -> [L2 weight decay] -> SGD(momentum, nesterov) -> [Fixup scalar lr]."""
   t = train_config
@@ -98,7 +117,7 @@ def make_optimizer(train_config, lr_fn, params, recipe_name: str = "", gain_name
     chain.append(optax.add_decayed_weights(t.weight_decay,
                                            mask=weight_decay_mask(params, t.weight_decay_all)))
   chain.append(optax.sgd(lr_fn, momentum=t.momentum or None, nesterov=t.nesterov))
-  mult = t.get("fixup_scalar_lr_mult", 1.0)
+  mult = fixup_scalar_lr_scale(t)
   if recipe_name == "fixup" and mult != 1.0:
     # SGD updates are linear in the learning rate, so scaling them is training at lr * mult.
     chain.append(optax.masked(optax.scale(mult), fixup_scalar_mask(params, gain_name)))
