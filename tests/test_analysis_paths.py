@@ -38,9 +38,19 @@ def test_shares_sum_to_one(variant, d):
 @pytest.mark.parametrize("variant", paths.VARIANTS)
 def test_matches_brute_force_enumeration(variant):
   d = 11
-  np.testing.assert_allclose(paths.path_shares(d, variant),
-                             brute_force_shares(paths.branch_weights(d, variant)),
-                             rtol=1e-12, atol=1e-300)
+  np.testing.assert_allclose(
+      paths.path_shares(d, variant, convention="unit_input"),
+      brute_force_shares(paths.branch_weights(d, variant, convention="unit_input")),
+      rtol=1e-12, atol=1e-300)
+  # The paper's convention: the skip path entering block 1 carries nothing (w_1 = inf), so every
+  # path goes through branch 1, and the rest is the enumeration over blocks 2..d.
+  w = paths.branch_weights(d, variant)
+  if variant == "normalized":
+    assert np.isinf(w[0]) and np.all(np.isfinite(w[1:]))
+    expected = np.concatenate([[0.0], brute_force_shares(w[1:])])
+  else:  # the convention is the normalized variant's only
+    expected = brute_force_shares(w)
+  np.testing.assert_allclose(paths.path_shares(d, variant), expected, rtol=1e-12, atol=1e-300)
 
 
 def test_matches_brute_force_for_arbitrary_weights():
@@ -49,18 +59,47 @@ def test_matches_brute_force_for_arbitrary_weights():
                              np.log(brute_force_shares(w)), rtol=1e-12)
 
 
-def test_normalized_shares_are_stirling_numbers():
-  """p_i = 1/(i+2) telescopes: share(k) = c(d+1, k+1) / (d+1)!, exactly, in rationals."""
-  d = 60
-  stirling = [1]  # c(n, k) for n = 0, unsigned: c(n+1, k) = n c(n, k) + c(n, k-1)
-  for n in range(d + 1):
+def _stirling_first_kind(n_max):
+  """Unsigned c(n, k) for n = n_max: c(n+1, k) = n c(n, k) + c(n, k-1)."""
+  stirling = [1]  # n = 0
+  for n in range(n_max):
     stirling = [n * (stirling[k] if k < len(stirling) else 0) + (stirling[k - 1] if k else 0)
                 for k in range(n + 2)]
+  return stirling
+
+
+def test_normalized_shares_are_stirling_numbers():
+  """p_i = 1/(i+1), i = 1..d (unit_input) telescopes: share(k) = c(d+1, k+1) / (d+1)!, exactly."""
+  d = 60
+  stirling = _stirling_first_kind(d + 1)
   exact = [Fraction(stirling[k + 1], math.factorial(d + 1)) for k in range(d + 1)]
-  got = paths.path_shares(d, "normalized")
+  got = paths.path_shares(d, "normalized", convention="unit_input")
   for k in range(d + 1):
     if exact[k] > 1e-250:
       assert got[k] == pytest.approx(float(exact[k]), rel=1e-11), k
+
+
+def test_papers_convention_gives_the_cycle_counts_of_a_random_permutation():
+  """p_i = 1/i, i = 1..d (the default): share(k) = c(d, k) / d!, exactly."""
+  d = 60
+  stirling = _stirling_first_kind(d)
+  got = paths.path_shares(d, "normalized")
+  assert got[0] == 0.0  # branch 1 is on every path
+  for k in range(1, d + 1):
+    exact = Fraction(stirling[k], math.factorial(d))
+    if exact > 1e-250:
+      assert got[k] == pytest.approx(float(exact), rel=1e-11), k
+
+
+def test_papers_97_percent_within_15_at_ten_thousand_blocks():
+  """The paper's sentence, exactly: 97% of the variance from paths through at most 15 branches."""
+  s = paths.summarize(paths.path_log_shares(10_000, "normalized"), (14, 15))
+  assert round(100 * s["fraction_within_15"]) == 97 and s["length_covering_97pct"] == 15
+  assert s["fraction_within_14"] < 0.95
+  harmonic = sum(1.0 / n for n in range(1, 10_001))  # mean sum_{i<=d} 1/i = H_d
+  assert s["mean_path_length"] == pytest.approx(harmonic, rel=1e-9)
+  with pytest.raises(ValueError, match="paper, unit_input"):
+    paths.branch_weights(3, convention="1/(i+2)")
 
 
 def test_unnormalized_is_binomial_without_underflow_at_10000_blocks():
@@ -75,7 +114,7 @@ def test_unnormalized_is_binomial_without_underflow_at_10000_blocks():
 
 def test_ten_thousand_blocks_give_about_97_percent_within_14_to_15():
   d = 10_000
-  log_shares = paths.path_log_shares(d, "normalized")
+  log_shares = paths.path_log_shares(d, "normalized", convention="unit_input")
   assert np.all(np.isfinite(log_shares))
   s = paths.summarize(log_shares, (14, 15))
   assert 0.96 < s["fraction_within_14"] < 0.975
@@ -123,3 +162,22 @@ def test_make_figures_rejects_unknown_figure(tmp_path):
                         f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "fig3|fig4" in out.stdout + out.stderr
+
+
+def test_make_figures_writes_outside_version_control_by_default(tmp_path):
+  """The committed figures in results/ change only with --out_dir=results (issue 19 item 4)."""
+  out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_figures.py"), "fig3",
+                        "--num_blocks=20", "--convention=unit_input"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  written = tmp_path / "runs" / "figures"
+  assert (written / "fig3_path_contributions.json").exists()
+  assert not (tmp_path / "results").exists()
+  summary = json.loads((written / "fig3_path_contributions.json").read_text())
+  assert summary["convention"] == "unit_input" and "p_i = 1/(i+1)" in out.stdout
+  # /runs/ is in .gitignore, so the default lands outside version control from the repo root too.
+  with open(os.path.join(REPO, ".gitignore")) as f:
+    assert "/runs/" in f.read().split()
+  help_text = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_figures.py"),
+                              "--helpfull"], capture_output=True, text=True, timeout=120).stdout
+  assert "default: 'runs/figures'" in help_text and "--out_dir=results" in help_text

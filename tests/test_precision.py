@@ -89,3 +89,29 @@ def test_old_layout_is_still_selectable_and_bad_values_are_refused():
   with pytest.raises(ConfigError, match="narrower than model.dtype=float32"):
     models.validate_model_config(cfg)
   assert cfg_lib.base_config().model.residual_dtype == "float32"
+
+
+def test_make_figures_bf16_residual(tmp_path):
+  """The script behind results/bf16_residual/, at toy size (WRN-10-1, 2 images of the sample)."""
+  import json
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = os.path.join(repo, "scripts", "make_figures.py")
+  sample = os.path.join(repo, "tests", "data", "cifar10_sample")
+  out = subprocess.run([sys.executable, script, "bf16_residual", "--depth=10", "--width=1",
+                        "--residual_images=2", f"--data_path={sample}", f"--out_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  for ext in ("png", "pdf", "json", "txt"):
+    assert (tmp_path / f"bf16_residual.{ext}").stat().st_size > 0
+  summary = json.loads((tmp_path / "bf16_residual.json").read_text())
+  assert summary["num_blocks"] == 3 and summary["depth"] == 10
+  assert summary["settings"]["float32 stream"]["logit_response_rel_error"] < 0.05
+  assert "float32 stream" in out.stdout
+  bad = subprocess.run([sys.executable, script, "bf16_residual", "--depth=11",
+                        f"--out_dir={tmp_path / 'bad'}"], capture_output=True, text=True,
+                       timeout=120)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: model.depth=11")
+  assert not (tmp_path / "bad" / "bf16_residual.json").exists()

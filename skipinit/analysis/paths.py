@@ -9,14 +9,22 @@ exactly k branches is then the law of a sum of independent Bernoulli(p_i): a Poi
 distribution, computed here by the O(d^2) recursion over blocks in log space (no 2^d enumeration,
 no overflow, and the tails, which go down to 1e-3000 for d = 10,000, stay accurate).
 
-Branch weights (blocks indexed from 0, input variance 1):
-  normalized     BatchNorm: the skip path entering block i has variance ~i+1, the normalized branch
-                 ~1, so w_i = 1/(i+1) and p_i = 1/(i+2). The shares are then exactly
-                 c(d+1, k+1)/(d+1)! (unsigned Stirling numbers of the first kind); mean
-                 length H_{d+1} - 1 ~ ln d.
+Branch weights (blocks indexed from 1 to d):
+  normalized     BatchNorm: the normalized branch adds ~1 to the skip path's variance per block.
+                 Two conventions for the skip path entering block 1:
+                 "paper" (the default): it carries no variance, so the skip path entering block i
+                   has variance i-1, w_i = 1/(i-1) (w_1 = inf) and p_i = 1/i: the first block's
+                   branch is on every path. The shares are c(d, k)/d! (unsigned Stirling numbers
+                   of the first kind, the cycle counts of a random permutation), mean length H_d.
+                   The paper's "97% of the variance from paths through at most 15 branches" at
+                   d = 10,000 comes out with this one.
+                 "unit_input": it carries variance 1 (the stem's output), w_i = 1/i, p_i = 1/(i+1):
+                   shares c(d+1, k+1)/(d+1)!, mean H_{d+1} - 1, i.e. one branch fewer per path
+                   (97.0% within <= 14 at d = 10,000).
   unnormalized   He init, no normalization: the branch preserves the variance of its input, w_i = 1,
                  p_i = 1/2: Binomial(d, 1/2), concentrated on paths through ~d/2 branches.
   skipinit       a branch scaled by alpha: w_i = alpha^2; alpha = 1/sqrt(d): ~1 branch per path.
+The convention changes only the normalized variant.
 """
 
 import json
@@ -26,24 +34,33 @@ import os
 import numpy as np
 
 VARIANTS = ("normalized", "unnormalized", "skipinit")
+CONVENTIONS = ("paper", "unit_input")  # see the module doc; "paper" is the default
 LABELS = {
-    "normalized": "normalized (BatchNorm): $w_i = 1/(i+1)$",
+    "normalized": "normalized (BatchNorm): $p_i = 1/i$",
     "unnormalized": "unnormalized (He init): $w_i = 1$",
     "skipinit": r"SkipInit $\alpha = 1/\sqrt{d}$: $w_i = 1/d$",
 }
+NORMALIZED_P = {"paper": "1/i", "unit_input": "1/(i+1)"}
 SHORT_LABELS = {"normalized": "normalized (BatchNorm)", "unnormalized": "unnormalized",
                 "skipinit": "SkipInit alpha=1/sqrt(d)"}
 
 
-def branch_weights(num_blocks: int, variant: str = "normalized", alpha: float | None = None):
+def branch_weights(num_blocks: int, variant: str = "normalized", alpha: float | None = None,
+                   convention: str = "paper"):
   """w_i, the variance of branch i relative to its skip path at init (PAPER.md section 5, Figure 3).
 
   `alpha` is SkipInit's branch multiplier (variant "skipinit"; default 1/sqrt(num_blocks)).
+  `convention` (normalized only, module doc): "paper" gives w_1 = inf (p_1 = 1).
   """
   if num_blocks < 0:
     raise ValueError(f"num_blocks={num_blocks} must be >= 0")
-  i = np.arange(num_blocks, dtype=np.float64)
+  if convention not in CONVENTIONS:
+    raise ValueError(f"unknown convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
+  i = np.arange(num_blocks, dtype=np.float64)  # 0-based here: block i + 1 of the module doc
   if variant == "normalized":
+    if convention == "paper":
+      with np.errstate(divide="ignore"):
+        return 1.0 / i  # w = inf for the first block
     return 1.0 / (i + 1.0)
   if variant == "unnormalized":
     return np.ones_like(i)
@@ -76,15 +93,23 @@ def poisson_binomial_log_pmf(p) -> np.ndarray:
   return out
 
 
-def path_log_shares(num_blocks: int, variant: str = "normalized", alpha: float | None = None):
+def branch_probabilities(w) -> np.ndarray:
+  """p_i = w_i / (1 + w_i), with p = 1 for w = inf (a skip path that carries nothing)."""
+  w = np.asarray(w, np.float64)
+  return np.where(np.isinf(w), 1.0, w / (1.0 + np.where(np.isinf(w), 0.0, w)))
+
+
+def path_log_shares(num_blocks: int, variant: str = "normalized", alpha: float | None = None,
+                    convention: str = "paper"):
   """log of the share of the output variance carried by paths through exactly k = 0..d branches."""
-  w = branch_weights(num_blocks, variant, alpha)
-  return poisson_binomial_log_pmf(w / (1.0 + w))
+  return poisson_binomial_log_pmf(
+      branch_probabilities(branch_weights(num_blocks, variant, alpha, convention)))
 
 
-def path_shares(num_blocks: int, variant: str = "normalized", alpha: float | None = None):
+def path_shares(num_blocks: int, variant: str = "normalized", alpha: float | None = None,
+                convention: str = "paper"):
   """Share of the output variance carried by paths through exactly k = 0..d branches (sums to 1)."""
-  return np.exp(path_log_shares(num_blocks, variant, alpha))
+  return np.exp(path_log_shares(num_blocks, variant, alpha, convention))
 
 
 def log_fraction_within(log_shares, max_length: int) -> float:
@@ -119,27 +144,29 @@ def summarize(log_shares, max_lengths=(14, 15)) -> dict:
 
 
 def figure3(out_dir: str, num_blocks: int = 10_000, max_length: int = 15,
-            other_depths=(100, 1000), command: str = "") -> dict:
+            other_depths=(100, 1000), command: str = "", convention: str = "paper") -> dict:
   """Draws Figure 3 into out_dir (fig3_path_contributions.{png,pdf,json}); returns its numbers.
 
   For a network of `num_blocks` residual blocks: (a) the share of the output variance carried by
   paths through k branches, for the short paths; (b) the same around k = d/2, where the
   unnormalized network's variance is; (c) the cumulative share of the paths through <= k
   branches. `other_depths` are summarized in the JSON (and drawn dotted in (c)) to show that the
-  typical path length of a normalized network grows only like ln d.
+  typical path length of a normalized network grows only like ln d. `convention`: the normalized
+  variant's p_i (module doc), recorded in the JSON and the printed lines.
   """
   import matplotlib
   matplotlib.use("Agg")  # files only; no display needed
   import matplotlib.pyplot as plt
 
   os.makedirs(out_dir, exist_ok=True)
-  log_shares = {v: path_log_shares(num_blocks, v) for v in VARIANTS}
+  log_shares = {v: path_log_shares(num_blocks, v, convention=convention) for v in VARIANTS}
   summary = {"command": command, "num_blocks": num_blocks, "max_length": max_length,
+             "convention": convention, "normalized_p": NORMALIZED_P[convention],
              "variants": {v: summarize(ls, (max_length - 1, max_length))
                           for v, ls in log_shares.items()},
              "normalized_by_depth": {
                  str(d): summarize(log_shares["normalized"] if d == num_blocks else
-                                   path_log_shares(d), (max_length,))
+                                   path_log_shares(d, convention=convention), (max_length,))
                  for d in sorted(set(other_depths) | {num_blocks})}}
 
   _draw(plt, log_shares, summary, other_depths, out_dir)
@@ -156,9 +183,10 @@ def _draw(plt, log_shares, summary, other_depths, out_dir):
   k = np.arange(d + 1)
   # Path lengths are integers: markers on the two linear panels, lines only to guide the eye.
   short = k <= min(d, 40)
+  labels = {**LABELS, "normalized": f"normalized (BatchNorm): $p_i = {summary['normalized_p']}$"}
   for v in ("normalized", "skipinit"):
     ax_short.plot(k[short], np.exp(log_shares[v][short]), "o-", ms=3, lw=1, color=colors[v],
-                  label=LABELS[v])
+                  label=labels[v])
   if m <= 40:
     frac = summary["variants"]["normalized"][f"fraction_within_{m}"]
     ax_short.axvline(m + 0.5, color="gray", lw=0.8, ls="--")
@@ -185,10 +213,11 @@ def _draw(plt, log_shares, summary, other_depths, out_dir):
 
   for v in VARIANTS:
     ax_cdf.plot(k, np.exp(np.logaddexp.accumulate(log_shares[v])), color=colors[v],
-                label=LABELS[v], lw=1.8)
+                label=labels[v], lw=1.8)
   for depth in other_depths:
     if depth != d:
-      ax_cdf.plot(np.arange(depth + 1), np.exp(np.logaddexp.accumulate(path_log_shares(depth))),
+      shares = path_log_shares(depth, convention=summary["convention"])
+      ax_cdf.plot(np.arange(depth + 1), np.exp(np.logaddexp.accumulate(shares)),
                   color="C0", lw=0.8, ls=":", label=f"normalized, d = {depth:,}")
   frac = summary["variants"]["normalized"][f"fraction_within_{m}"]
   ax_cdf.axvline(m, color="gray", lw=0.8, ls="--")
@@ -219,7 +248,9 @@ def _percent(fraction, log10_fraction):
 def format_summary(summary: dict) -> str:
   """The lines make_figures.py prints for Figure 3."""
   d, m = summary["num_blocks"], summary["max_length"]
-  lines = [f"Figure 3: share of the output variance by path length, d = {d:,} residual blocks"]
+  lines = [f"Figure 3: share of the output variance by path length, d = {d:,} residual blocks; "
+           f"normalized: p_i = {summary.get('normalized_p', NORMALIZED_P['unit_input'])}, "
+           f"i = 1..d ({summary.get('convention', 'unit_input')} convention)"]
   for v, s in summary["variants"].items():
     within = [f"<= {n}: {_percent(s[f'fraction_within_{n}'], s[f'log10_fraction_within_{n}'])}"
               for n in (m - 1, m)]
