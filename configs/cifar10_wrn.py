@@ -12,7 +12,8 @@ The argument is a comma-separated list of presets and key=value pairs, applied l
 
 Defaults follow PAPER.md section 4: 200 epochs, batch 64, SGD momentum 0.9, weight decay 5e-4,
 the paper's halving schedule, pad-crop-flip augmentation, ghost batch 64 for BatchNorm.
-Expected runtime at the defaults: WRN-16-4 takes a few GPU-hours (200 epochs of 782 steps).
+Expected runtime at the defaults: WRN-16-4 takes a few GPU-hours (200 epochs of 781 steps: the
+loop drops the last partial batch of 50,000 / 64).
 """
 
 import os

@@ -30,7 +30,10 @@ given value wins. (It is an ml_collections FieldReference on train.batch_size.)
 
 Choices not fixed by the paper: BatchNorm statistics over ghost batches of 128 (so they do not
 depend on the number of devices; the per-device batch must be a multiple of it, else set
-ghost_batch_size), bfloat16 compute (parameters and BN statistics stay float32).
+ghost_batch_size), bfloat16 compute in the residual branches (parameters, BN statistics, the
+residual stream and the head stay float32: model.residual_dtype), and Fixup's scalars at lr/10
+whatever the batch (train.fixup_scalar_lr=relative: 0.16 at batch 4096, where the official Fixup
+code gives them a fixed 0.01, train.fixup_scalar_lr=0.01, and DeepMind's the lr itself, =off).
 Expected runtime at the defaults: ResNet-50 reads ~1.28M images per epoch; on one H100 in bfloat16
 roughly 3,000 images/s, i.e. ~7 min per epoch and ~11 hours for 90 epochs, if the host decodes that
 fast: tf.data decodes ~250-300 images/s per CPU core with host normalization, ~450 with

@@ -42,11 +42,19 @@ ROW_SETS = {
                   "16-4:batchnorm:64:bfloat16:steps_per_dispatch=32",
                   "100-2:batchnorm:128:bfloat16:remat=true",
                   "100-2:batchnorm:128:bfloat16:fused_bn=false",
-                  "1000-2:batchnorm:128:bfloat16:fused_bn=false"]),
+                  "1000-2:batchnorm:128:bfloat16:fused_bn=false"] +
+                 # Issue 15: the bfloat16 residual stream the default replaced (its cost in time
+                 # and memory; model.residual_dtype).
+                 [f"{a}:{n}:128:bfloat16:residual_dtype=bfloat16" for a in ("100-2", "1000-2")
+                  for n in ("batchnorm", "skipinit")]),
     # Issue 5: the ImageNet models' train step on a device batch.
     "imagenet": [f"r50:{n}:256:bfloat16" for n in ("batchnorm", "skipinit")] +
                 ["r101:batchnorm:256:bfloat16"],
     "cpu": ["16-1:batchnorm:64:float32", "16-1:skipinit:64:float32"],
+    # Issue 15: what the float32 residual stream (the default) costs against a bfloat16 one, on a
+    # CPU in minutes (WRN-1000-2: add --compile_only for its memory).
+    "residual_cpu": [f"100-2:{n}:16:bfloat16{o}" for n in ("skipinit", "batchnorm")
+                     for o in ("", ":residual_dtype=bfloat16")],
 }
 ROW_SETS["gpu"] = ROW_SETS["deep"] + ROW_SETS["wrn16"] + ROW_SETS["wide"]
 # The same rows by what issue 6 checks first, for a lease too short for @gpu (rows are written as
@@ -61,7 +69,9 @@ ROW_SETS["priority"] = [r + ":bfloat16" for r in _FIRST] + [
 # What the hand-written BN backward (layers.ghost_batch_norm) buys, next to the 2x rows,
 # and what two blocks per scan iteration would (the loop's own cost per block).
 ROW_SETS["priority"][4:4] = ["100-2:batchnorm:128:bfloat16:fused_bn=false",
-                             "100-2:batchnorm:128:bfloat16:scan_unroll=2"]
+                             "100-2:batchnorm:128:bfloat16:scan_unroll=2",
+                             # and what the float32 residual stream (the default, issue 15) costs
+                             "100-2:skipinit:128:bfloat16:residual_dtype=bfloat16"]
 
 _ROWS = flags.DEFINE_list("rows", None, "Rows or @sets (default: @gpu, or @cpu on a CPU).")
 _K = flags.DEFINE_integer("steps_per_dispatch", 8, "Train steps fused into one dispatch (WRN).")
@@ -133,6 +143,9 @@ def main(argv):
   profiles = benchmark.format_profiles(results)
   if profiles:
     print("\n" + profiles)
+  ratios = benchmark.override_ratios(results)
+  if ratios:
+    print("\nAgainst the default row:\n" + "\n".join(ratios))
   targets = benchmark.check_targets(results)
   if targets:
     print(f"\nPerformance targets ({_reference_note(device)}):\n" + "\n".join(targets))
@@ -163,6 +176,9 @@ def _write(base: str, results, command: str, stamp: str, device: str, jax) -> No
   profiles = benchmark.format_profiles(results)
   if profiles:
     text += "\n## Device trace per step (jax.profiler)\n\n" + profiles + "\n"
+  ratios = benchmark.override_ratios(results)
+  if ratios:
+    text += "\n## Against the default row (same process)\n\n" + "\n".join(f"- {l}" for l in ratios) + "\n"
   targets = benchmark.check_targets(results)
   if targets:
     text += (f"\n## Performance targets ({_reference_note(device)})\n\n"

@@ -32,6 +32,9 @@ part=${1:?"usage: bash scripts/gpu_session.sh $PARTS"}
 OUT=${OUT:-results/gpu_session}
 CIFAR=${CIFAR:-.device/cifar10-jpeg.tar.gz}
 dest="$OUT/$part"
+# Rows run at the config defaults: since issue 15 that is bfloat16 branches around a float32
+# residual stream (model.residual_dtype); @priority and @variants add bfloat16-stream rows
+# (residual_dtype=bfloat16, the layout before) so that its cost is measured next to them.
 BENCH_ROWS=@deep,@wrn16 WIDE_ROWS=@wide VARIANT_ROWS=@variants IMAGENET_ROWS=@imagenet
 PRIORITY_ROWS=@priority TORCH_QUICK="--rows=100-2:128,16-4:512,1000-2:128,16-4:1024 --min_time_s=1.5"
 CMDBUF_ROWS=100-2:batchnorm:128:bfloat16,100-2:skipinit:128:bfloat16,16-4:batchnorm:64:bfloat16,1000-2:batchnorm:128:bfloat16

@@ -137,3 +137,27 @@ def test_script_refuses_a_bad_row_before_compiling_anything(tmp_path):
       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
   assert proc.returncode == 2 and os.listdir(tmp_path) == []
   assert "error: row 17-1:batchnorm:16:float32: model.depth=17" in proc.stderr
+
+
+def test_override_ratios_compare_each_variant_with_its_default_row():
+  plain = _result("WRN-100-2", "skipinit", 16, 10.0)
+  plain.peak_memory_gb, plain.compile_s = 2.0, 4.0
+  old = _result("WRN-100-2", "skipinit", 16, 11.0)
+  old.overrides, old.peak_memory_gb, old.compile_s = "residual_dtype=bfloat16", 1.5, 4.0
+  lonely = _result("WRN-16-4", "batchnorm", 64, 5.0)
+  lonely.overrides = "remat=true"  # no default row to compare with: no line
+  lines = benchmark.override_ratios([plain, old, lonely])
+  assert lines == ["WRN-100-2 skipinit b16 bfloat16 with residual_dtype=bfloat16: img/s x1.10, "
+                   "memory x0.75, compile x1.00 of the default row"]
+  for name in ("residual_cpu", "variants", "priority"):
+    assert any("residual_dtype=bfloat16" in r for r in benchmark_rows(name))
+
+
+def benchmark_rows(name):
+  """A row set of scripts/benchmark.py, read in a fresh process (its absl flags are global)."""
+  code = ("import importlib.util, json, sys; spec = importlib.util.spec_from_file_location('b', "
+          f"{os.path.join(ROOT, 'scripts', 'benchmark.py')!r}); m = importlib.util.module_from_spec("
+          f"spec); spec.loader.exec_module(m); print(json.dumps(m.ROW_SETS[{name!r}]))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  return json.loads(out.stdout.strip().splitlines()[-1])

@@ -324,6 +324,28 @@ def format_profiles(results) -> str:
   return "\n".join(out)
 
 
+def override_ratios(results) -> list[str]:
+  """Each row with overrides against the same row without them (model, normalizer, batch and
+  dtype equal), measured in the same process: img/s, program memory and compile time ratios."""
+  plain = {(r.model, r.normalizer, r.batch_size, r.dtype): r for r in results
+           if not r.error and not r.overrides}
+  lines = []
+  for r in results:
+    base = plain.get((r.model, r.normalizer, r.batch_size, r.dtype))
+    if r.error or not r.overrides or base is None:
+      continue
+    parts = []
+    for label, a, b in (("img/s", r.examples_per_sec, base.examples_per_sec),
+                        ("memory", r.peak_memory_gb, base.peak_memory_gb),
+                        ("compile", r.compile_s, base.compile_s)):
+      if a is not None and b:
+        parts.append(f"{label} x{a / b:.2f}")
+    if parts:
+      lines.append(f"{r.model} {r.normalizer} b{r.batch_size} {r.dtype} with {r.overrides}: "
+                   f"{', '.join(parts)} of the default row")
+  return lines
+
+
 def check_targets(results) -> list[str]:
   """Issue 6's targets, one line each, for the rows that were measured (default overrides)."""
   ok = [r for r in results if not r.error and not r.overrides and r.examples_per_sec]
