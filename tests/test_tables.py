@@ -266,8 +266,8 @@ def test_titles_name_the_data_the_runs_read_and_the_budget(tmp_path):
   _data_json(synth, one, train_examples=256, test_examples=64, sha1="s", name="cifar10",
              source="synthetic")
   [t] = tables.build_tables([str(synth)])
-  assert t.title == ("Test accuracy (%) of Wide-ResNets by depth — synthetic data (shaped as "
-                     "CIFAR-10) (256 train / 64 test images); 1 epoch, 2 seeds per learning rate")
+  assert t.title == ("Test accuracy (%) of Wide-ResNets by depth — synthetic CIFAR-10-shaped "
+                     "data (256 train / 64 test images); 1 epoch, 2 seeds per learning rate")
   assert "CIFAR-10 test accuracy" not in tables.to_markdown(t)
   # The real files, with a 1,000-image evaluation subset; a run of data.json before its names
   # existed takes them from its config.

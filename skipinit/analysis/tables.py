@@ -298,7 +298,7 @@ def _data_text(r: RunResult) -> tuple[tuple, str]:
   path = str(r.get("data.path") or "").rstrip("/")
   train, test = r.get("data.train_examples"), r.get("data.test_examples")
   if source == "synthetic":
-    where = f"synthetic data (shaped as {label})"
+    where = f"synthetic {label}-shaped data"
     train = train or r.get("data.synthetic_train_size")
     test = test or r.get("data.synthetic_test_size")
   elif source == "folder":
