@@ -322,7 +322,8 @@ KEY_HELP = {
     "model.nf_skip_gain_init": "nf: the branch gain at init (0: each block starts as the identity)",
     "model.post_activation": "fixup: its reference code's post-activation network",
     "model.fixup_init": "fixup: full, or one half of its init: zero_only, rescale_only",
-    "model.conv_init": "block conv init: he (2/fan_in) or fan_in (1/fan_in, DeepMind's code)",
+    "model.conv_init": "conv init (but Fixup's own): he (2/fan_in) or fan_in (Haiku's default in "
+                       "DeepMind's code, 0.774/fan_in)",
     "model.classifier_init": "classifier init: empty = the variant's; zeros, lecun_normal, normal_0.01",
     "data.name": "cifar10 or imagenet2012",
     "data.source": "tfds (needs TensorFlow: pip install -e .[imagenet]), folder (data.path), or "

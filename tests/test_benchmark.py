@@ -146,9 +146,15 @@ def test_override_ratios_compare_each_variant_with_its_default_row():
   old.overrides, old.peak_memory_gb, old.compile_s = "residual_dtype=bfloat16", 1.5, 4.0
   lonely = _result("WRN-16-4", "batchnorm", 64, 5.0)
   lonely.overrides = "remat=true"  # no default row to compare with: no line
-  lines = benchmark.override_ratios([plain, old, lonely])
+  ghost = _result("WRN-100-2", "batchnorm", 16, 8.0)
+  ghost.overrides = "ghost_batch_size=16"  # what fit_ghost_batch adds to a small batchnorm row
+  ghost_old = _result("WRN-100-2", "batchnorm", 16, 4.0)
+  ghost_old.overrides = "residual_dtype=bfloat16+ghost_batch_size=16"
+  lines = benchmark.override_ratios([plain, old, lonely, ghost, ghost_old])
   assert lines == ["WRN-100-2 skipinit b16 bfloat16 with residual_dtype=bfloat16: img/s x1.10, "
-                   "memory x0.75, compile x1.00 of the default row"]
+                   "memory x0.75, compile x1.00 of the row without it",
+                   "WRN-100-2 batchnorm b16 bfloat16 with residual_dtype=bfloat16: img/s x0.50, "
+                   "compile x1.00 of the row without it"]
   for name in ("residual_cpu", "variants", "priority"):
     assert any("residual_dtype=bfloat16" in r for r in benchmark_rows(name))
 

@@ -46,9 +46,9 @@ class Recipe:
   post_activation: bool = False
   # Initializers (layers.CONV_INITS, layers.CLASSIFIER_INITS). Convs: He by default for every
   # variant (README "Numerics and defaults"); "fan_in" is Haiku's default, which DeepMind's code
-  # keeps. Classifier: as DeepMind's code for each variant it has (zeros for BatchNorm, SkipInit
-  # and Fixup, N(0, 0.01^2) for NF-ResNets); flax's lecun_normal for the unnormalized ablations,
-  # which have no reference code.
+  # keeps. Classifier: as DeepMind's code for SkipInit, Fixup (zeros) and NF-ResNets (N(0, 0.01^2));
+  # flax's lecun_normal for BatchNorm (a random classifier, as the Wide-ResNet reference; DeepMind's
+  # ImageNet ResNet has zeros: model.classifier_init=zeros) and the unnormalized ablations.
   conv_init: str = "he"
   classifier_init: str = "lecun_normal"
   # NF-ResNets (Brock et al. 2021): scaled weight standardization, a gained ReLU, and each
@@ -58,7 +58,7 @@ class Recipe:
   track_variance: bool = False
 
 
-BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True, classifier_init="zeros")
+BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True)
 SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name="alpha",
                              gain_init=0.0, classifier_init="zeros")
 Fixup = functools.partial(Recipe, name="fixup", gain_name="scale", gain_init=1.0,

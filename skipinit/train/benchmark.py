@@ -325,15 +325,20 @@ def format_profiles(results) -> str:
 
 
 def override_ratios(results) -> list[str]:
-  """Each row with overrides against the same row without them (model, normalizer, batch and
-  dtype equal), measured in the same process: img/s, program memory and compile time ratios."""
-  plain = {(r.model, r.normalizer, r.batch_size, r.dtype): r for r in results
-           if not r.error and not r.overrides}
+  """Each row with overrides against the row with the fewest of them that it extends (model,
+  normalizer, batch and dtype equal; e.g. the default row, or a batchnorm row's own ghost-batch
+  override), measured in the same process: img/s, program memory and compile time ratios."""
+  def keys(r):
+    return frozenset(filter(None, r.overrides.split("+")))
+
+  ok = [r for r in results if not r.error]
   lines = []
-  for r in results:
-    base = plain.get((r.model, r.normalizer, r.batch_size, r.dtype))
-    if r.error or not r.overrides or base is None:
+  for r in ok:
+    bases = [b for b in ok if (b.model, b.normalizer, b.batch_size, b.dtype)
+             == (r.model, r.normalizer, r.batch_size, r.dtype) and keys(b) < keys(r)]
+    if not bases:
       continue
+    base = max(bases, key=lambda b: len(keys(b)))
     parts = []
     for label, a, b in (("img/s", r.examples_per_sec, base.examples_per_sec),
                         ("memory", r.peak_memory_gb, base.peak_memory_gb),
@@ -341,8 +346,9 @@ def override_ratios(results) -> list[str]:
       if a is not None and b:
         parts.append(f"{label} x{a / b:.2f}")
     if parts:
-      lines.append(f"{r.model} {r.normalizer} b{r.batch_size} {r.dtype} with {r.overrides}: "
-                   f"{', '.join(parts)} of the default row")
+      extra = "+".join(o for o in r.overrides.split("+") if o not in keys(base))
+      lines.append(f"{r.model} {r.normalizer} b{r.batch_size} {r.dtype} with {extra}: "
+                   f"{', '.join(parts)} of the row without it")
   return lines
 
 
