@@ -35,8 +35,8 @@ def main(argv):
       if FLAGS.figures and table.name in ("batch_size_table", "agc_table"):
         from skipinit.analysis import table_figures
         paths += table_figures.figures_for(table, FLAGS.out_dir)
-      todo = tables.unfinished(table.runs)
-      print(f"{table.name}: {len(table.runs) - len(todo)}/{len(table.runs)} runs finished -> "
+      todo, needed = tables.unfinished(table.runs), tables.needed_runs(table.runs)
+      print(f"{table.name}: {len(needed) - len(todo)}/{len(needed)} runs finished -> "
             + ", ".join(paths))
       if todo:
         print(f"  {len(todo)} runs unfinished (listed in {table.name}.md); they are not in any mean")

@@ -30,20 +30,13 @@ from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import ConfigError, SkipInitError
 from skipinit.sweep import ladder, rundir
 
-# The table cells, as make_tables groups them (skipinit.analysis.tables), and their labels.
-KEYS = {
-    "depth": (lambda r: (r.method, r.get("model.depth"), r.get("model.width")),
-              ("method", "depth", "width")),
-    "ablation": (lambda r: (r.method, r.get("model.depth"), r.get("model.width")),
-                 ("method", "depth", "width")),
-    "batch_size": (lambda r: (r.get("train.batch_size"), r.method), ("batch", "method")),
-    "imagenet": (lambda r: (r.method, r.get("train.batch_size")), ("method", "batch")),
-    "agc": (lambda r: (r.get("train.batch_size"), float(r.get("train.agc_clip") or 0.0)),
-            ("batch", "agc_clip")),
-}
+# The table cells, as make_tables groups them (skipinit.sweep.ladder.CELL_KEYS, shared with the
+# tables and the launcher), and their labels.
+KEYS = {table: (lambda r, f=f: f(r.method, r.get), labels)
+        for table, (f, labels) in ladder.CELL_KEYS.items()}
 # Which part of a cell's key names the cells whose optima inform each other's centre (the
 # method, or the clipping threshold), for a centre that follows the batch size.
-GROUP = {"batch_size": 1, "imagenet": 0, "agc": 1}
+GROUP = ladder.BATCH_GROUP
 CIFAR10_TRAIN = 50000
 
 

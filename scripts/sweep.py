@@ -18,6 +18,10 @@ which no run started does not pin the directory to its sweep. Executors:
           on a machine without a GPU, as many workers on the CPU (one without --gpus)
   slurm   one SLURM job-array task per run, through submitit (pip install -e .[slurm]);
           --slurm_params=slurm_partition=gpu,timeout_min=1440,gpus_per_node=1
+lr_search=ladder in the sweep argument (any sweep with lr_exps; lr_patience=2, lr_climb) trains
+only the learning rates the search for each table cell's best needs, in waves; a relaunch
+recomputes the search from the run directories, and --dry_run lists the runs it would train
+next and why. With --executor=slurm each launch submits the current wave (--wait: wave after wave).
 The trainers of a sweep share XLA's compilation cache in DIR/.jax_cache (JAX_COMPILATION_CACHE_DIR
 set in the environment wins).
 """
@@ -47,6 +51,9 @@ flags.DEFINE_string("filter", "", "Only runs whose name matches this regular exp
 flags.DEFINE_list("slurm_params", [], "--executor=slurm: key=value parameters of submitit's "
                   "AutoExecutor.update_parameters (slurm_partition, slurm_account, timeout_min, "
                   "gpus_per_node, cpus_per_task, slurm_array_parallelism, ...).")
+flags.DEFINE_bool("wait", False, "--executor=slurm: wait for the submitted jobs; with "
+                  "lr_search=ladder, submit wave after wave until the search has ended (the local "
+                  "executors always do).")
 flags.DEFINE_string("slurm_cluster", None, "submitit cluster; 'local' or 'debug' runs the job array "
                     "here (for testing). Default: slurm.")
 
@@ -91,7 +98,8 @@ def main(argv):
       return sweep_lib.launch(
           FLAGS.sweep, FLAGS.sweep_dir, executor=FLAGS.executor, dry_run=FLAGS.dry_run,
           gpus=FLAGS.gpus, run_filter=FLAGS.filter, data=FLAGS.data,
-          slurm_params=_slurm_params(FLAGS.slurm_params), slurm_cluster=FLAGS.slurm_cluster)
+          slurm_params=_slurm_params(FLAGS.slurm_params), slurm_cluster=FLAGS.slurm_cluster,
+          wait=FLAGS.wait)
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -13,18 +13,20 @@ section 4:
   * a cell is "diverged" when every learning rate diverged.
 Mean +- std is over seeds (sample std, ddof=1). Unfinished runs (missing, failed, running or
 interrupted) are listed under every table and counted in its "runs" column, never averaged in.
+A sweep made with lr_search=ladder (issue 16) trains only the rates its search needs: the other
+runs of its grid are "not needed" (skipinit.sweep.search decides which, as the launcher does),
+neither listed as unfinished nor counted; a note under the table says how each cell was searched.
 """
 
 import csv
 import dataclasses
-import json
 import math
 import os
 from typing import Callable, Iterable, Sequence
 
-from skipinit.sweep import rundir
+from skipinit.sweep import ladder, rundir, search
 from skipinit.sweep.methods import LABELS
-from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest
+from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest, search_of
 
 # The status.json / metrics.jsonl accuracies are fractions; the tables print percentages.
 ACC_SCALE = 100.0
@@ -48,9 +50,10 @@ class RunResult:
   method: str
   sweep_dir: str
   params: dict            # "model.depth", "train.lr", ...: config.json if present, else the manifest
-  state: str              # completed | diverged | failed | running | missing
+  state: str              # completed | diverged | failed | running | missing | not needed
   test_acc: float | None = None
   train_loss: float | None = None
+  search_note: str | None = None  # lr_search=ladder: how the run's cell was searched
 
   @property
   def usable(self) -> bool:
@@ -66,22 +69,6 @@ def _finite(x) -> bool:
 
 def _flatten(config: dict) -> dict:
   return {f"{s}.{k}": v for s, sub in config.items() if isinstance(sub, dict) for k, v in sub.items()}
-
-
-def _last_metrics(run_dir: str) -> dict:
-  last = {}
-  try:
-    with open(os.path.join(run_dir, rundir.METRICS)) as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          try:
-            last = json.loads(line)
-          except ValueError:
-            pass  # a line cut short by a crash
-  except OSError:
-    pass
-  return last
 
 
 def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
@@ -101,14 +88,33 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
       # No "eval_examples" (every run before data.eval_subset, and any run without one): it was
       # evaluated on the whole test set.
       params.setdefault("data.eval_examples", data.get("test_examples"))
-    state = rundir.run_state(run_dir)
-    result = RunResult(run["name"], run["method"], sweep_dir, params, state)
-    if state == "completed":
-      status = rundir.read_status(run_dir) or {}
-      final = {**_last_metrics(run_dir), **{k: v for k, v in status.items() if v is not None}}
-      result.test_acc, result.train_loss = final.get("test_acc"), final.get("train_loss")
-    results.append(result)
+    state, test_acc, train_loss = rundir.read_outcome(run_dir)
+    results.append(RunResult(run["name"], run["method"], sweep_dir, params, state, test_acc,
+                             train_loss))
+  settings = search_of(manifest)
+  if settings is not None:
+    _mark_not_needed(manifest["table"], settings, results)
   return manifest, results
+
+
+NOT_NEEDED = "not needed"
+
+
+def _mark_not_needed(table: str, settings: dict, results: list[RunResult]) -> None:
+  """A ladder sweep's runs that its search does not need (and that have not finished) become
+  "not needed"; every run gets its cell's search note."""
+  plan = search.plan(table, settings, ((r.name, r.method, r.get) for r in results))
+  outcomes = {r.name: ladder.Outcome(r.state, r.test_acc, r.train_loss) for r in results}
+  decisions, _ = search.decide(plan, outcomes)
+  need = search.needed(plan, decisions, outcomes)
+  per_cell = {}
+  for name in need:
+    per_cell[plan.where[name][0]] = per_cell.get(plan.where[name][0], 0) + 1
+  for r in results:
+    key = plan.where[r.name][0]
+    r.search_note = search.cell_text(plan, key, decisions[key], per_cell.get(key, 0))
+    if r.name not in need and r.state not in rundir.FINISHED:
+      r.state = NOT_NEEDED
 
 
 # ---------------------------------------------------------------------------------- aggregation
@@ -124,6 +130,8 @@ class Cell:
   def state(self) -> str:
     if any(r.state == "diverged" for r in self.runs):
       return "diverged"
+    if self.runs and all(r.state == NOT_NEEDED for r in self.runs):
+      return NOT_NEEDED
     return "ok" if self.runs and all(r.usable for r in self.runs) else "incomplete"
 
   def _values(self, attr):
@@ -191,13 +199,19 @@ class Group:
   def status(self) -> str:
     if self.ok:
       return "ok"
-    if self.cells and all(c.state == "diverged" for c in self.cells):
+    searched = self.searched
+    if searched and all(c.state == "diverged" for c in searched):
       return "diverged"
     return "incomplete"
 
   @property
+  def searched(self) -> list[Cell]:
+    """The learning rates the cell needs (all of them, but with lr_search=ladder)."""
+    return [c for c in self.cells if c.state != NOT_NEEDED]
+
+  @property
   def n_expected(self) -> int:
-    return len(self.runs)
+    return sum(r.state != NOT_NEEDED for r in self.runs)
 
   @property
   def n_finished(self) -> int:
@@ -224,6 +238,11 @@ def _check_protocol(first: dict, r: RunResult) -> None:
           f"{where} has {k}={v!r} but {first[k][1]}, of the same table cell, has "
           f"{k}={first[k][0]!r}: a cell averages one experiment over seeds, so give make_tables "
           "sweep directories that differ only in learning rates and seeds")
+
+
+def _cell_key(table: str) -> Callable[[RunResult], tuple]:
+  """A run's table cell (ladder.CELL_KEYS: the launcher's ladder searches the same cells)."""
+  return lambda r: ladder.cell_key(table, r.method, r.get)
 
 
 def group_runs(runs: Iterable[RunResult], key: Callable[[RunResult], tuple]) -> tuple[dict, list[str]]:
@@ -382,7 +401,8 @@ def _record(group: Group, **fields) -> dict:
       "largest_stable_lr": stable.lr if stable else None,
       "largest_stable_lr_is_grid_top": bool(stable) and stable.lr == max(c.lr for c in group.cells),
       "largest_stable_lr_is_lower_bound": group.largest_stable_is_lower_bound,
-      "lrs_tried": len(group.cells),
+      "lrs_tried": len(group.searched),
+      "lrs_not_needed": len(group.cells) - len(group.searched),
       "lrs_diverged": sum(c.state == "diverged" for c in group.cells),
       "runs_finished": group.n_finished,
       "runs_expected": group.n_expected,
@@ -403,7 +423,7 @@ _NOTE_BEST = ("Cells: mean ± std test accuracy (%) over seeds at the learning r
 def method_by_depth_table(name: str, title: str, runs: list[RunResult],
                           method_order: Sequence[str] = ()) -> Table:
   """Depth table / ablation table: rows = methods, columns = depths (PAPER.md section 5)."""
-  groups, warnings = group_runs(runs, lambda r: (r.method, r.get("model.depth"), r.get("model.width")))
+  groups, warnings = group_runs(runs, _cell_key("depth"))
   methods = _order((k[0] for k in groups), method_order)
   columns = _order((k[1], k[2]) for k in groups)
   header = ["Method"] + [f"WRN-{d}-{w}" for d, w in columns]
@@ -427,7 +447,7 @@ def _nets(runs: Iterable[RunResult]) -> str:
 
 def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> Table:
   """Batch-size study (PAPER.md sections 4-5): both optimal learning rates per (batch size, method)."""
-  groups, warnings = group_runs(runs, lambda r: (r.get("train.batch_size"), r.method))
+  groups, warnings = group_runs(runs, _cell_key("batch_size"))
   header = ["Batch", "Method", "Best lr (test acc)", "Test acc (%)", "Best lr (train loss)",
             "Train loss", "Test acc there (%)", "Largest stable lr", "Runs"]
   rows, records = [], []
@@ -451,7 +471,8 @@ def batch_size_table(runs: list[RunResult], method_order: Sequence[str] = ()) ->
            "at which no seed diverged (≥: a lower bound, the top of the grid or below a rate "
            "that has not finished). * at the edge of the grid (widen "
            "lr_exps). † unfinished runs in the cell. Runs: the cell's runs that finished "
-           "(completed or diverged) out of all it expects, every learning rate times every seed.",
+           "(completed or diverged) out of all it expects, every learning rate times every seed "
+           "(with lr_search=ladder, every rate its search needed).",
            *warnings]
   return Table("batch_size_table", f"Batch size vs optimal learning rate ({_nets(runs)})",
                header, rows, records, _runs_of(groups), notes, groups)
@@ -469,7 +490,7 @@ def _best_grid(groups, row_keys, col_keys, row_field: str, col_field: str):
 
 def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> Table:
   """ImageNet table (PAPER.md section 5): best-lr top-1 per method (rows) and batch size (columns)."""
-  groups, warnings = group_runs(runs, lambda r: (r.method, r.get("train.batch_size")))
+  groups, warnings = group_runs(runs, _cell_key("imagenet"))
   methods = _order((k[0] for k in groups), method_order)
   sizes = _order(k[1] for k in groups)
   cells, records = _best_grid(groups, methods, sizes, "method", "batch_size")
@@ -482,8 +503,7 @@ def imagenet_table(runs: list[RunResult], method_order: Sequence[str] = ()) -> T
 
 def agc_table(runs: list[RunResult]) -> Table:
   """AGC study: best-lr test accuracy per batch size (rows) and clipping threshold lambda (columns)."""
-  groups, warnings = group_runs(
-      runs, lambda r: (r.get("train.batch_size"), float(r.get("train.agc_clip", 0.0))))
+  groups, warnings = group_runs(runs, _cell_key("agc"))
   sizes = _order(k[0] for k in groups)
   clips = sorted({k[1] for k in groups}, key=lambda c: (c != 0.0, c))  # "off" first
   cells, records = _best_grid(groups, sizes, clips, "batch_size", "agc_clip")
@@ -498,9 +518,27 @@ def agc_table(runs: list[RunResult]) -> Table:
 # ---------------------------------------------------------------------------------------- writers
 
 def unfinished(runs: Iterable[RunResult]) -> list[RunResult]:
-  """Runs that are in no mean: missing, failed, running/interrupted, or completed without metrics."""
-  return [r for r in runs
-          if r.state not in rundir.FINISHED or (r.state == "completed" and not r.usable)]
+  """Runs that are in no mean: missing, failed, running/interrupted, or completed without metrics
+  (not those the learning-rate search did not need)."""
+  return [r for r in runs if r.state != NOT_NEEDED and (
+      r.state not in rundir.FINISHED or (r.state == "completed" and not r.usable))]
+
+
+def needed_runs(runs: Iterable[RunResult]) -> list[RunResult]:
+  """The runs a table expects: all, less those the learning-rate search did not need."""
+  return [r for r in runs if r.state != NOT_NEEDED]
+
+
+def search_notes(table: "Table") -> list[str]:
+  """Which cells a learning-rate search (lr_search=ladder) chose the rates of, and the runs each
+  took."""
+  notes = list(dict.fromkeys(r.search_note for r in table.runs if r.search_note))
+  if not notes:
+    return []
+  skipped = len(table.runs) - len(needed_runs(table.runs))
+  return [f"Learning-rate search (lr_search=ladder): these cells trained only the rates their "
+          f"search needed ({_count(skipped, 'run')} of the grid not needed, in no count above):",
+          *[f"- {n}" for n in notes]]
 
 
 def _state_text(r: RunResult) -> str:
@@ -514,19 +552,19 @@ def to_markdown(table: Table, max_listed: int = 50) -> str:
            "|" + "|".join(" --- " for _ in table.header) + "|"]
   lines += ["| " + " | ".join(row) + " |" for row in table.rows]
   lines += [""] + [n for n in table.notes] + [""]
-  todo = unfinished(table.runs)
+  todo, needed = unfinished(table.runs), needed_runs(table.runs)
   if todo:
     counts = {}
     for r in todo:
       counts[_state_text(r)] = counts.get(_state_text(r), 0) + 1
-    lines.append(f"**{len(todo)} of {len(table.runs)} runs are not finished** (" +
+    lines.append(f"**{len(todo)} of {len(needed)} runs are not finished** (" +
                  ", ".join(f"{v} {k}" for k, v in counts.items()) + "); they are not in any mean:")
     lines.append("")
     lines += [f"- {_state_text(r)}: {os.path.join(r.sweep_dir, r.name)}" for r in todo[:max_listed]]
     if len(todo) > max_listed:
       lines.append(f"- ... and {len(todo) - max_listed} more (see {table.name}_runs.csv)")
   else:
-    lines.append(f"All {len(table.runs)} runs finished (completed or diverged).")
+    lines.append(f"All {len(needed)} runs finished (completed or diverged).")
   return "\n".join(lines) + "\n"
 
 
@@ -634,6 +672,7 @@ def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
       tables.append(agc_table(runs))
     else:
       raise SweepError(f"sweep table kind {kind!r} is unknown to make_tables")
+    tables[-1].notes += search_notes(tables[-1])
   return tables
 
 

@@ -9,12 +9,12 @@ is a result, never re-run):
   locked by another worker   skipped by this one (two workers never train the same run)
 """
 
+import collections
 import contextlib
 import datetime
 import glob
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -251,16 +251,37 @@ def _describe(run: Run, state: str, sweep_dir: str) -> str:
   return state
 
 
+# refill(exclude, idle) -> the runs to start next (at most `idle`), recomputed from the run
+# directories: an adaptive search (lr_search=ladder) decides its next runs from the ones that
+# finished. `exclude`: the names this launch has in flight or has already tried, never proposed
+# again by the same launch (a run that failed here waits for the next launch, as in a grid).
+Refill = Callable[[frozenset, int], Sequence[Run]]
+
+
+def _count_text(i: int, runs: Sequence[Run], refill) -> str:
+  return f"[{i + 1}]" if refill is not None else f"[{i + 1}/{len(runs)}]"
+
+
 def run_local(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str,
-              train_script: str | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
-  """Trains the runs one after another in this process's environment (all its devices)."""
+              train_script: str | None = None, log: Callable[[str], None] = print,
+              refill: Refill | None = None) -> dict[str, int]:
+  """Trains the runs one after another in this process's environment (all its devices); then, with
+  `refill`, what it asks for next, until it asks for nothing."""
   outcomes: dict[str, int] = {}
-  for i, run in enumerate(runs):
-    log(f"[{i + 1}/{len(runs)}] {run.name}: training")
+  todo, tried, i = list(runs), set(), 0
+  while True:
+    if not todo and refill is not None:
+      todo = [r for r in refill(frozenset(tried), 1) if r.name not in tried]
+    if not todo:
+      return outcomes
+    run = todo.pop(0)
+    tried.add(run.name)
+    n = _count_text(i, runs, refill)
+    log(f"{n} {run.name}: training")
     state = run_one(sweep_dir, run, config, config_arg, train_script=train_script, worker="local")
     outcomes[state] = outcomes.get(state, 0) + 1
-    log(f"[{i + 1}/{len(runs)}] {run.name}: {_describe(run, state, sweep_dir)}")
-  return outcomes
+    log(f"{n} {run.name}: {_describe(run, state, sweep_dir)}")
+    i += 1
 
 
 def detect_gpus() -> list[str]:
@@ -295,8 +316,12 @@ def check_gpus(gpus: Sequence[str]) -> None:
 
 def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, gpus: Sequence[str],
              train_script: str | None = None, log: Callable[[str], None] = print,
-             cpu: bool = False) -> dict[str, int]:
+             cpu: bool = False, refill: Refill | None = None) -> dict[str, int]:
   """One worker per entry of `gpus`, each training one run at a time on its own GPU.
+
+  `refill`: when the runs given are all started and a worker is free, it is asked (under the
+  workers' lock, once per run that ended) for the next runs, at most as many as there are free
+  workers; the executor returns when nothing is in flight and it asks for nothing.
 
   A GPU id listed twice ("0,0,1,1") runs two small runs on it at once; JAX then allocates memory on
   demand instead of grabbing most of the GPU per process. `cpu`: no GPU here; the workers train
@@ -304,12 +329,44 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
   """
   check_gpus(gpus)
   shared = len(set(gpus)) < len(gpus)
-  todo: queue.Queue = queue.Queue()
-  for i, run in enumerate(runs):
-    todo.put((i, run))
+  todo = collections.deque(enumerate(runs))
   outcomes: dict[str, int] = {}
-  lock, stop, all_done = threading.Lock(), threading.Event(), threading.Event()
+  lock, stop, all_done = threading.Condition(), threading.Event(), threading.Event()
   errors, running = [], [len(gpus)]
+  in_flight, tried, started, changed = set(), set(), [len(runs)], [True]
+
+  def take():
+    """The next (index, run) for a free worker, or None when the launch is done (or stopped)."""
+    with lock:
+      while not stop.is_set():
+        if todo:
+          i, run = todo.popleft()
+          in_flight.add(run.name)
+          tried.add(run.name)
+          return i, run
+        if refill is None:
+          return None
+        if changed[0]:  # something ended since the last ask: the search may want more now
+          changed[0] = False
+          try:
+            more = refill(frozenset(tried | in_flight), len(gpus) - len(in_flight))
+          except Exception as e:  # (a bad run directory): stop cleanly, report at the end
+            errors.append(f"deciding the next runs: {e}")
+            stop.set()
+            lock.notify_all()
+            return None
+          for run in more:
+            if run.name not in tried and run.name not in in_flight:
+              todo.append((started[0], run))
+              started[0] += 1
+          if todo:
+            lock.notify_all()
+            continue
+        if not in_flight:
+          lock.notify_all()
+          return None
+        lock.wait(0.5)
+      return None
 
   def worker(gpu: str, slot: int):
     try:
@@ -326,10 +383,10 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
       env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     where = f"worker {slot}" if cpu else f"gpu {gpu}"
     while not stop.is_set():
-      try:
-        i, run = todo.get_nowait()
-      except queue.Empty:
+      item = take()
+      if item is None:
         return
+      i, run = item
       try:
         state = run_one(sweep_dir, run, config, config_arg, env=env, train_script=train_script,
                         worker=f"cpu.{slot}" if cpu else f"gpu{gpu}.{slot}")
@@ -338,7 +395,11 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
         state = "failed"
       with lock:
         outcomes[state] = outcomes.get(state, 0) + 1
-        log(f"[{i + 1}/{len(runs)}] {where}: {run.name}: {_describe(run, state, sweep_dir)}")
+        in_flight.discard(run.name)
+        changed[0] = True
+        lock.notify_all()
+        log(f"{_count_text(i, runs, refill)} {where}: {run.name}: "
+            f"{_describe(run, state, sweep_dir)}")
 
   threads = [threading.Thread(target=worker, args=(g, s), daemon=True) for s, g in enumerate(gpus)]
   # An Event, not Thread.join: a join that a signal interrupts can leave the thread looking

@@ -339,6 +339,28 @@ def search(lrs: Sequence[float], seeds: Sequence[int], results: Mapping, centre:
 
 # --------------------------------------------------------------------------------- many cells
 
+# A table's cells, as skipinit.analysis.tables groups its runs: table kind -> (the cell key of a
+# run from its method and a getter of its config values, the key's labels). One place for the
+# tables, the launcher and the replay, so that they search and report the same cells.
+CELL_KEYS = {
+    "depth": (lambda method, get: (method, get("model.depth"), get("model.width")),
+              ("method", "depth", "width")),
+    "ablation": (lambda method, get: (method, get("model.depth"), get("model.width")),
+                 ("method", "depth", "width")),
+    "batch_size": (lambda method, get: (get("train.batch_size"), method), ("batch", "method")),
+    "imagenet": (lambda method, get: (method, get("train.batch_size")), ("method", "batch")),
+    "agc": (lambda method, get: (get("train.batch_size"), float(get("train.agc_clip") or 0.0)),
+            ("batch", "agc_clip")),
+}
+# Which part of a cell's key names the cells whose optima inform each other's centre (the method,
+# or the clipping threshold), for a centre that follows the batch size.
+BATCH_GROUP = {"batch_size": 1, "imagenet": 0, "agc": 1}
+
+
+def cell_key(table: str, method: str, get: Callable) -> tuple:
+  return CELL_KEYS[table][0](method, get)
+
+
 def schedule(decisions: Mapping[Hashable, Decision], idle: int | None = None,
              busy: frozenset = frozenset(), informed: frozenset = frozenset()) -> list:
   """[(cell key, Proposal)] to start now over all cells, in order.
@@ -468,6 +490,6 @@ def grid_search(lrs: Sequence[float], seeds: Sequence[int], results: Mapping) ->
   return _picks(lrs, rates, 0, len(lrs) - 1, ended)
 
 
-__all__ = ["ACC_SCALE", "PATIENCE", "Decision", "Outcome", "Picks", "Proposal", "Rate", "CellSpec",
+__all__ = ["ACC_SCALE", "BATCH_GROUP", "CELL_KEYS", "PATIENCE", "cell_key", "Decision", "Outcome", "Picks", "Proposal", "Rate", "CellSpec",
            "SimResult", "aggregate", "batch_centre", "check_patience", "decide_all", "grid_centre",
            "grid_search", "nearest_rate", "schedule", "search", "simulate"]

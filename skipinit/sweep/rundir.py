@@ -57,6 +57,34 @@ def run_state(run_dir: str) -> str:
   return state if state in ("running", "completed", "diverged", "failed") else "failed"
 
 
+def last_metrics(run_dir: str) -> dict:
+  """The last whole line of metrics.jsonl ({} if none)."""
+  last = {}
+  try:
+    with open(os.path.join(run_dir, METRICS)) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          try:
+            last = json.loads(line)
+          except ValueError:
+            pass  # a line cut short by a crash
+  except OSError:
+    pass
+  return last
+
+
+def read_outcome(run_dir: str) -> tuple[str, float | None, float | None]:
+  """(run_state, final test accuracy, final training loss): the metrics of a completed run, from
+  status.json over the last metrics.jsonl line (None where absent)."""
+  state = run_state(run_dir)
+  if state != "completed":
+    return state, None, None
+  status = read_status(run_dir) or {}
+  final = {**last_metrics(run_dir), **{k: v for k, v in status.items() if v is not None}}
+  return state, final.get("test_acc"), final.get("train_loss")
+
+
 class RunLock:
   """A non-blocking exclusive lock on one run directory; `fd` can be passed to a child process."""
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from skipinit import config as cfg_lib
 from skipinit.errors import ConfigError, SkipInitError
-from skipinit.sweep import methods as methods_lib, rundir
+from skipinit.sweep import ladder, methods as methods_lib, rundir
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -131,10 +131,28 @@ def _parse_knob(knob: str, text: str, default):
                if item.strip())
 
 
+# The learning-rate search (issue 16), a knob of every sweep with a learning-rate axis (a function
+# with `lr_exps`), handled here rather than by each sweep: grid trains every rate of lr_exps
+# (exactly as before); ladder walks out from a centre and trains only the rates the search needs
+# (skipinit.sweep.ladder), lr_exps bounding it. lr_climb: the upward walk goes on to a divergence
+# (or the grid's top), so that the largest stable lr is the grid's; by default only for the
+# batch-size study, whose table prints that column (CLIMB_TABLES).
+LR_SEARCHES = ("grid", "ladder")
+SEARCH_KNOBS = {"lr_search": "grid", "lr_patience": 2, "lr_climb": False}
+CLIMB_TABLES = ("batch_size",)
+
+
+def has_lr_axis(fn: Callable) -> bool:
+  return "lr_exps" in inspect.signature(fn).parameters
+
+
 def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
-  """Splits a sweep argument into (knobs for `fn`, base-config presets, config overrides)."""
+  """Splits a sweep argument into (knobs for `fn`, base-config presets, config overrides); the
+  knobs include SEARCH_KNOBS given for a sweep with a learning-rate axis (`search_settings`)."""
   params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
             if p.default is not inspect.Parameter.empty}
+  if has_lr_axis(fn):
+    params.update(SEARCH_KNOBS)
   knobs, presets, extra = {}, [], {}
   for item in filter(None, (p.strip() for p in (arg or "").split(","))):
     if "=" not in item:
@@ -193,12 +211,32 @@ def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: s
   return derived
 
 
+def search_settings(table: str, knobs: dict) -> dict | None:
+  """Pops the SEARCH_KNOBS from `knobs`: None for the grid, else the ladder's settings (the
+  manifest's "search"). ConfigError for an unknown lr_search or a patience < 1."""
+  given = {k: knobs.pop(k) for k in list(knobs) if k in SEARCH_KNOBS}
+  mode = given.get("lr_search", SEARCH_KNOBS["lr_search"])
+  if mode not in LR_SEARCHES:
+    raise ConfigError(f"lr_search={mode!r} is unknown: use grid (every learning rate of lr_exps, "
+                      "the default) or ladder (only the rates the search for the best one needs)")
+  patience = ladder.check_patience(given.get("lr_patience", SEARCH_KNOBS["lr_patience"]))
+  if mode == "grid":
+    extra = sorted(set(given) - {"lr_search"})
+    if extra:
+      raise ConfigError(f"{', '.join(extra)} apply to lr_search=ladder only; add lr_search=ladder "
+                        "or drop them")
+    return None
+  return {"lr_search": mode, "lr_patience": patience,
+          "lr_climb": bool(given.get("lr_climb", table in CLIMB_TABLES))}
+
+
 def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str | None,
                config: str, config_arg: str = "") -> dict:
   """What a sweep file's `get_sweep(arg)` returns: the runs of `fn` and what to train them with."""
   if table not in TABLES:
     raise SweepError(f"sweep {name}: table={table!r} is unknown: use one of {', '.join(TABLES)}")
   knobs, presets, extra = parse_arg(arg, fn)
+  search = search_settings(table, knobs)
   knobs = {**_knobs_from_presets(fn, knobs, presets, config, config_arg), **knobs}
   runs = fn(**knobs)
   if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
@@ -213,7 +251,7 @@ def make_sweep(*, name: str, table: str, fn: Callable[..., list[dict]], arg: str
       "name": name, "table": table, "config": os.path.abspath(config),
       "config_arg": ",".join(filter(None, [config_arg, *presets])),
       "arg": arg or "", "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items()},
-      "runs": [{**r, **extra} for r in runs],
+      "runs": [{**r, **extra} for r in runs], "search": search,
       "fn": fn,  # (for `describe_sweep`; the manifest records the knobs, not the function)
   }
 
@@ -399,12 +437,27 @@ def portable_path(path: str) -> str:
 
 def manifest(sweep: dict, runs: list[Run]) -> dict:
   """The sweep directory's sweep.json: how the sweep was made and every run it expects."""
-  return {
+  m = {
       "version": MANIFEST_VERSION, "name": sweep["name"], "table": sweep["table"],
       "sweep_file": portable_path(sweep.get("sweep_file", "")), "arg": sweep.get("arg", ""),
       "config": portable_path(sweep["config"]), "config_arg": sweep["config_arg"],
       "knobs": sweep.get("knobs", {}), "runs": [r.to_json() for r in runs],
   }
+  if sweep.get("search"):  # (a grid sweep's manifest is as before)
+    m["search"] = sweep["search"]
+  return m
+
+
+def search_of(m: dict) -> dict | None:
+  """A manifest's learning-rate search settings (None: the grid)."""
+  search = m.get("search")
+  return search if isinstance(search, dict) and search.get("lr_search") == "ladder" else None
+
+
+def _search_text(m: dict) -> str:
+  s = search_of(m)
+  return ("lr_search=grid" if s is None else
+          f"lr_search=ladder,lr_patience={s['lr_patience']},lr_climb={str(s['lr_climb']).lower()}")
 
 
 def read_manifest(sweep_dir: str) -> dict:
@@ -437,7 +490,7 @@ def _identity(m: dict) -> tuple:
   lives or how the work is split (cfg_lib.RESUMABLE_KEYS), so that a relaunch can fix a data path;
   nor the runs' names, which follow from the rest (`adopt_names` keeps a directory's own)."""
   return (m["table"], m["config_arg"], os.path.basename(m["config"]),
-          [_run_key(r) for r in m["runs"]])
+          [_run_key(r) for r in m["runs"]], _search_text(m))
 
 
 def adopt_names(sweep_dir: str, sweep: dict, runs: list[Run]) -> list[Run]:
@@ -478,6 +531,9 @@ def _difference(old: dict, new: dict) -> str:
   """What tells two sweeps apart, in a few words."""
   if (old["table"], old["config_arg"]) != (new["table"], new["config_arg"]):
     return f"table/presets {old['table']}:{old['config_arg']!r} -> {new['table']}:{new['config_arg']!r}"
+  if _search_text(old) != _search_text(new):
+    return (f"the learning-rate search {_search_text(old)} -> {_search_text(new)} (a search's "
+            "picks are made by its own settings)")
   if len(old["runs"]) != len(new["runs"]):
     return f"{len(old['runs'])} runs -> {len(new['runs'])}"
   for a, b in zip(old["runs"], new["runs"]):
@@ -542,6 +598,13 @@ KNOB_HELP = {
     "dropout": "regularized SkipInit's dropout rate before the classifier",
     "clips": "AGC thresholds lambda, a;b;c (0 = without AGC)",
     "base_lr": "learning rate per 256 examples: the grid is base_lr x B/256 x 2^k",
+    "lr_search": "grid: train every learning rate of lr_exps; ladder: per table cell, walk x2 "
+                 "from a centre and train only the rates the search for the best needs (lr_exps "
+                 "bounds it)",
+    "lr_patience": "ladder: a walk ends after this many consecutive rates worse than the best by "
+                   "both test accuracy and training loss (or a divergence, or the grid's end)",
+    "lr_climb": "ladder: the upward walk goes on to a divergence, for an exact largest stable lr "
+                "(default: true for the batch-size study, false elsewhere)",
 }
 SWEEPS_DIR = os.path.join(cfg_lib.CONFIG_DIR, "sweeps")
 
@@ -580,9 +643,13 @@ def _docstring_args(fn) -> dict:
 def knob_help(fn) -> list[tuple[str, str, str]]:
   """(knob, default, meaning) of each knob of a sweep function, from its signature and docstring."""
   args = _docstring_args(fn)
-  return [(name, _fmt_default(p.default), args.get(name) or KNOB_HELP.get(name, ""))
-          for name, p in inspect.signature(fn).parameters.items()
-          if p.default is not inspect.Parameter.empty]
+  out = [(name, _fmt_default(p.default), args.get(name) or KNOB_HELP.get(name, ""))
+         for name, p in inspect.signature(fn).parameters.items()
+         if p.default is not inspect.Parameter.empty]
+  if has_lr_axis(fn):
+    out += [(k, "table" if k == "lr_climb" else _fmt_default(v), KNOB_HELP[k])
+            for k, v in SEARCH_KNOBS.items()]
+  return out
 
 
 def _needs(config) -> str:
