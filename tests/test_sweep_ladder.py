@@ -227,3 +227,26 @@ def test_kill_9_mid_wave_then_a_relaunch_ends_with_the_same_picks(tmp_path, fake
   assert all(rundir.run_state(w) == before[w] for w in finished)  # none lost
   assert "search ended in 2 of 2 cells" in "\n".join(logs)
   assert _picks(d) == _grid_picks(tmp_path)
+
+
+def test_slurm_submits_the_current_wave_and_wait_goes_on_until_the_search_ends(tmp_path, fake):
+  pytest.importorskip("submitit")
+  small = BATCH + ":epochs=1,seeds=1,lr_exps=-8:3,batch_exps=6,methods=skipinit_a0,lr_search=ladder"
+  d = tmp_path / "sw"
+  # Without --wait: one wave (the centre), then the next launch submits the next wave.
+  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug")
+  assert rc == 0 and [c["workdir"] for c in fake()] == [str(d / "skipinit_a0" / "lr2^-3")]
+  assert any("submitted a wave of 1 runs" in line for line in logs)
+  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug")
+  assert rc == 0 and len(fake()) == 3  # 2^-2 (above) and 2^-4 (below), one wave
+  # --wait: wave after wave until the search has ended; then nothing is submitted.
+  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
+  assert rc == 0 and "search ended in 1 of 1 cells" in "\n".join(logs)
+  assert sum("submitted a wave" in line for line in logs) >= 2
+  n = len(fake())
+  assert n < 12 and len({c["workdir"] for c in fake()}) == n
+  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
+  assert rc == 0 and len(fake()) == n and not any("submitted" in line for line in logs)
+  grid = BATCH + ":epochs=1,seeds=1,lr_exps=-8:3,batch_exps=6,methods=skipinit_a0"
+  rc, _ = _launch(grid, tmp_path / "grid")
+  assert rc == 0 and _picks(d) == _picks(tmp_path / "grid")
