@@ -152,7 +152,7 @@ def test_bad_search_input_is_one_error_and_writes_nothing(tmp_path, fake):
   small = BATCH + ":epochs=1,seeds=1,lr_exps=-4:-2,batch_exps=6,methods=skipinit_a0"
   for arg, says in [("lr_search=fast", "lr_search='fast' is unknown: use grid"),
                     ("lr_search=ladder,lr_patience=0", "patience=0 is not allowed"),
-                    ("lr_climb=true", "lr_climb apply to lr_search=ladder only")]:
+                    ("lr_climb=true", "lr_climb applies to lr_search=ladder only")]:
     with pytest.raises(sweep_lib.SweepError, match=says):
       _launch(small + "," + arg, d)
     assert not d.exists()

@@ -223,8 +223,9 @@ def search_settings(table: str, knobs: dict) -> dict | None:
   if mode == "grid":
     extra = sorted(set(given) - {"lr_search"})
     if extra:
-      raise ConfigError(f"{', '.join(extra)} apply to lr_search=ladder only; add lr_search=ladder "
-                        "or drop them")
+      raise ConfigError(f"{' and '.join(extra)} {'apply' if len(extra) > 1 else 'applies'} to "
+                        "lr_search=ladder only: add lr_search=ladder, or drop "
+                        f"{'them' if len(extra) > 1 else 'it'}")
     return None
   return {"lr_search": mode, "lr_patience": patience,
           "lr_climb": bool(given.get("lr_climb", table in CLIMB_TABLES))}
