@@ -62,7 +62,8 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       data_dir="",               # tfds data_dir; "" = tfds' default
       cache_dir="~/.cache/skipinit",  # decoded folder data sets are cached here
       synthetic_train_size=1024, synthetic_test_size=256,
-      image_size=32, num_workers=16, shuffle_buffer=16 * 1024)
+      image_size=32, num_workers=16, shuffle_buffer=16 * 1024,
+      eval_subset=0)             # >0: evaluate on this many test images (a fixed subset); 0 = all
   c.train = dict(
       batch_size=64, epochs=200.0, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
       weight_decay=5e-4,
@@ -228,7 +229,8 @@ def validate(config, num_devices: int | None = None) -> None:
   for key, ok, allowed in (
       ("synthetic_train_size", config.data.synthetic_train_size >= 1, "an integer >= 1"),
       ("synthetic_test_size", config.data.synthetic_test_size >= 1, "an integer >= 1"),
-      ("image_size", config.data.image_size >= 1, "an integer >= 1")):
+      ("image_size", config.data.image_size >= 1, "an integer >= 1"),
+      ("eval_subset", config.data.eval_subset >= 0, "an integer >= 0 (0 = the whole test set)")):
     if not ok:
       raise ConfigError(f"data.{key}={config.data[key]!r} is not valid: it must be {allowed}")
   if t.schedule == "step" and not all(0 <= b <= 1 for b in t.step_boundaries):

@@ -84,6 +84,25 @@ def _stop_everywhere(preempt) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
 
 
+def _data_names(config) -> dict:
+  """data.json's names of the data (tables title themselves with them)."""
+  return {"name": config.data.name, "source": config.data.source}
+
+
+# The eval subset's permutation seed: fixed, not train.seed, so that every run of a sweep (every
+# seed) evaluates on the same images.
+EVAL_SUBSET_SEED = 0
+
+
+def eval_subset_indices(num_test: int, n: int) -> np.ndarray:
+  """data.eval_subset: the first n of a fixed seeded permutation of the test set, in file order.
+
+  A uniform random subset rather than a stratified one: CIFAR-10's test set is balanced, and a
+  random subset keeps the classes' shares within sampling noise (~3% of a class at n=1000).
+  """
+  return np.sort(np.random.default_rng(EVAL_SUBSET_SEED).permutation(num_test)[:n])
+
+
 class DeviceData:
   """A data set held whole on the devices (CIFAR-10): k train steps per dispatch, augmented there."""
 
@@ -110,7 +129,16 @@ class DeviceData:
     for a in (self.train_images, self.train_labels, test_images, test_labels):
       digest.update(np.ascontiguousarray(a).data)
     self.fingerprint = {"train_examples": self.num_train, "test_examples": len(test_labels),
-                        "sha1": digest.hexdigest()}
+                        "sha1": digest.hexdigest(), **_data_names(config)}
+    subset = config.data.eval_subset
+    if subset:
+      if subset > len(test_labels):
+        raise ConfigError(f"data.eval_subset={subset} is larger than the test set "
+                          f"({len(test_labels)} examples): use at most {len(test_labels)}, or 0 "
+                          "for the whole test set")
+      keep = eval_subset_indices(len(test_labels), subset)
+      test_images, test_labels = test_images[keep], test_labels[keep]
+      self.fingerprint["eval_examples"] = subset
 
     # Pad the test set to whole eval batches (a multiple of the device count); padding is masked.
     eb = math.ceil(min(config.train.eval_batch_size, len(test_labels)) / mesh.size) * mesh.size
@@ -131,8 +159,10 @@ class DeviceData:
     dtype = models.DTYPES[config.model.dtype]
     preprocess = lambda x: augment.normalize(x, cifar10.MEAN, cifar10.STD, dtype)
     train_aug = lambda rng, x: preprocess(augment.pad_crop_flip(rng, x))
-    self._chunk = jax.jit(steps.make_device_data_chunk(
-        train_step, train_aug, base_key, sharding.batch_sharded(mesh)), donate_argnums=0)
+    chunk = steps.make_device_data_chunk(train_step, train_aug, base_key,
+                                         sharding.batch_sharded(mesh))
+    self._chunk = jax.jit(chunk, donate_argnums=0)  # benchmarks time this one
+    self._chunk_flagged = jax.jit(steps.with_divergence_flag(chunk), donate_argnums=0)
     self._eval = jax.jit(steps.make_device_data_eval(
         steps.make_eval_fn(model, config.model.num_classes, preprocess)))
 
@@ -159,13 +189,14 @@ class DeviceData:
     return self._chunk, self.chunk_args(0, k), k * self.batch_size
 
   def train(self, state, start: int, end: int):
-    """Runs steps [start, end), cutting dispatches at epoch ends and every k steps."""
+    """Dispatches steps [start, end), cut at epoch ends and every k steps; yields (state, the
+    step it reaches, its first_bad_step flag) once each dispatch is enqueued (`_dispatch_loop`)."""
     step = start
     while step < end:
       n = min(self.k, end - step, self.steps_per_epoch - step % self.steps_per_epoch)
-      state = self._chunk(state, *self.chunk_args(step, n))
+      state, bad = self._chunk_flagged(state, *self.chunk_args(step, n))
       step += n
-    return state
+      yield state, step, bad
 
   def evaluate(self, state) -> dict:
     return jax.device_get(self._eval(state.variables(), *self.test))
@@ -186,7 +217,10 @@ class StreamedData:
     self.steps_per_epoch = self.num_train // self.batch_size
     self._iter, self._iter_step = None, None
     self.fingerprint = {"train_examples": self.num_train,
-                        "test_examples": self.source.num_eval_examples}
+                        "test_examples": self.source.num_eval_examples, **_data_names(config)}
+    if config.data.eval_subset:
+      raise ConfigError(f"data.eval_subset={config.data.eval_subset} is for data held on the "
+                        "device (CIFAR-10); ImageNet evaluates its whole validation split: use 0")
 
   def compile(self, config, model, train_step, base_key):
     from skipinit.data import imagenet
@@ -197,10 +231,13 @@ class StreamedData:
       preprocess = lambda x: augment.normalize(x, imagenet.MEAN_RGB, imagenet.STDDEV_RGB, dtype)
 
     def one_step(state, images, labels):
-      rng = jax.random.fold_in(base_key, state.step)
-      return train_step(state, preprocess(images), labels, rng)
+      def step(state):
+        rng = jax.random.fold_in(base_key, state.step)
+        return train_step(state, preprocess(images), labels, rng)
+      return steps.skip_if_diverged(step, state)
 
-    self._step = jax.jit(one_step, donate_argnums=0)
+    self._step = jax.jit(one_step, donate_argnums=0)  # benchmarks time this one
+    self._step_flagged = jax.jit(steps.with_divergence_flag(one_step), donate_argnums=0)
     self._eval = jax.jit(steps.make_eval_fn(model, config.model.num_classes, preprocess))
 
   def benchmark_dispatch(self, k: int):
@@ -212,6 +249,7 @@ class StreamedData:
     return self._step, (batch["images"], batch["labels"]), self.batch_size
 
   def train(self, state, start: int, end: int):
+    """Dispatches steps [start, end), one each; yields as DeviceData.train does."""
     from skipinit.data import imagenet
     for step in range(start, end):
       epoch, pos = divmod(step, self.steps_per_epoch)
@@ -220,9 +258,9 @@ class StreamedData:
         self._iter = imagenet.device_prefetch(self.source.train_batches(epoch, start_step=pos),
                                               sharding.batch_sharded(self.mesh), size=2)
       batch = next(self._iter)
-      state = self._step(state, batch["images"], batch["labels"])
+      state, bad = self._step_flagged(state, batch["images"], batch["labels"])
       self._iter_step = step + 1
-    return state
+      yield state, step + 1, bad
 
   def evaluate(self, state) -> dict:
     from skipinit.data import imagenet
@@ -238,6 +276,10 @@ class StreamedData:
 def _boundaries(total: int, every_steps: float) -> set[int]:
   every = max(1.0, every_steps)
   return {min(total, int(round(i * every))) for i in range(1, int(math.ceil(total / every)) + 1)}
+
+
+# Progress lines at least this often (seconds of wall time), between log_every_steps boundaries.
+PROGRESS_EVERY_S = 30.0
 
 
 def _format_eta(seconds: float) -> str:
@@ -337,9 +379,9 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
     return rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe,
                                total_steps=total, preempted=True, **_stopped_by(preempt))
   rundir.write_status(workdir, RUNNING, step=start, epoch=start / spe, total_steps=total)
-  logging.info("training %s-%s %s for %d steps (%d per epoch) on %d devices, batch %d",
+  logging.info("training %s-%s %s for %d steps (%d per epoch) on %d device%s, batch %d",
                config.model.name, config.model.depth, config.model.normalizer, total, spe,
-               mesh.size, t.batch_size)
+               mesh.size, "" if mesh.size == 1 else "s", t.batch_size)
 
   def final(status, **fields):
     ckpt.wait()
@@ -347,34 +389,54 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
     log.close()
     return rundir.write_status(workdir, status, **fields)
 
-  step, window_start, window_step, run_start = start, time.time(), start, time.time()
+  step, run_start = start, time.time()
+  # The throughput window: steps since window_step, timed from window_start. The first dispatch
+  # compiles: it is timed apart, so that rates (and ETAs) are training rates; until it has run,
+  # a rate includes the compile and no ETA is given.
+  window_start, window_step, timed = run_start, start, False
+  first_done, last_line = False, time.time()
+
+  def progress(step: int) -> tuple:
+    nonlocal last_line
+    sums = jax.device_get((state.loss_sum, state.correct_sum, state.count))
+    now = last_line = time.time()
+    rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
+    eta = (f"ETA {_format_eta((total - step) * t.batch_size / rate)}" if timed and rate > 0
+           else "(compile included)")
+    logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s %s",
+                 step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
+                 100 * sums[1] / max(sums[2], 1), rate, eta)
+    return sums, rate
+
   record = {}
   try:
     for stop in stops:
-      if step == start:
-        # The first dispatch compiles: it is timed apart, so that the first window's rate (the
-        # log line, examples_per_sec) is the training rate, unless that dispatch is the window.
-        first = step + min(getattr(data, "k", 1), stop - step, spe - step % spe)  # its end
-        state = data.train(state, step, first)
-        if first < stop:
-          jax.block_until_ready(state.step)
-          window_start, window_step = time.time(), first
-        step = first
-      state = data.train(state, step, stop)
-      step = stop
+      # Each dispatch's divergence flag is read once the next dispatch is enqueued, so that a
+      # healthy run never waits on it, and a diverged one stops within a dispatch (the steps
+      # after a non-finite one are skipped on the device: steps.skip_if_diverged).
+      pending = None
+      if not first_done:
+        logging.info("compiling the training step (the first dispatch)")
+      for state, step, bad in data.train(state, step, stop):
+        if not first_done:
+          first_done = True
+          jax.block_until_ready(bad)
+          logging.info("first dispatch (compile included) took %.0f s", time.time() - window_start)
+          last_line = time.time()
+          if step < stop:  # else the window is this dispatch: its rate includes the compile
+            window_start, window_step, timed = last_line, step, True
+        if pending is not None and int(pending) >= 0:
+          break
+        pending = bad
+        if step < stop and time.time() - last_line >= PROGRESS_EVERY_S:
+          progress(step)  # a short run is never silent for minutes between log_every_steps
       bad = int(jax.device_get(state.first_bad_step))
       if bad >= 0:
         logging.warning("loss or gradient norm not finite at step %d: run diverged", bad)
         return final(DIVERGED, step=bad, diverged_step=bad, epoch=bad / spe, total_steps=total)
+      step = stop
       if step in logs or step in evals:
-        sums = jax.device_get((state.loss_sum, state.correct_sum, state.count))
-        now = time.time()
-        rate = (step - window_step) * t.batch_size / max(now - window_start, 1e-9)
-        eta = (total - step) * t.batch_size / max(rate, 1e-9)
-        logging.info("epoch %.2f/%g step %d/%d loss %.4f acc %.2f%% %.0f ex/s%s ETA %s",
-                     step / spe, t.epochs, step, total, sums[0] / max(sums[2], 1),
-                     100 * sums[1] / max(sums[2], 1), rate,
-                     " (compile included)" if window_step == start else "", _format_eta(eta))
+        sums, rate = progress(step)
       if step in evals:
         ev = data.evaluate(state)
         record = {"step": step, "epoch": step / spe,
@@ -397,7 +459,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
         if step < total:  # status.json: how far the run got (the checkpoint saved or being saved)
           rundir.write_status(workdir, RUNNING, step=step, epoch=step / spe, total_steps=total)
       if step in logs or step in evals:  # the next window: after the eval and the save
-        window_start, window_step = time.time(), step
+        window_start, window_step, timed = time.time(), step, True
       if stop_now and step < total:
         logging.warning("%s: checkpoint saved at step %d; re-run the command to resume",
                         preempt.reason, step)

@@ -64,7 +64,9 @@ def check_data(workdir: str, fingerprint: dict) -> None:
 
   data.path may change between a run and its resume (the data set moved), but the data must
   not: a resume on, say, a 400-image sample instead of the full set would redefine the epochs
-  and the schedule in the middle of a run. (A run made before data.json: not checked.)
+  and the schedule in the middle of a run. (A run made before data.json: not checked.) Only the
+  keys both sides have are compared (data.json gained keys over time), except "eval_examples":
+  a run evaluated on a subset of the test set is never continued on the whole set, or back.
   """
   try:
     old = read_json(os.path.join(workdir, DATA))
@@ -72,7 +74,10 @@ def check_data(workdir: str, fingerprint: dict) -> None:
     return
   if not isinstance(old, dict):
     return
-  diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in fingerprint.items() if old.get(k) != v]
+  keys = [k for k in fingerprint if k in old] + sorted(
+      {"eval_examples"} & (set(old) ^ set(fingerprint)))
+  diff = [f"{k} {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in keys
+          if old.get(k) != fingerprint.get(k)]
   if diff:
     raise DataError(f"{workdir} was trained on other data ({'; '.join(diff)}): point data.path "
                     "at the data set it was started on, or use a new --workdir")
