@@ -8,6 +8,8 @@ The argument is a comma-separated list of presets and key=value pairs, applied l
   "16-4", "100-2", "1000-2"      depth-width of an n-k Wide-ResNet (depth 6N+4)
   "smoke"                        tiny net on synthetic data, seconds on a CPU (tests, CI)
   "sample"                       tiny net on the 400-image real CIFAR-10 sample in tests/data
+  "quick"                        the quick tier of the sweeps (width 1, 1000 test images): see
+                                 configs/sweeps/*.py and results/quick/
   "depth=100,width=2,normalizer=skipinit,alpha_init=0,lr=0.05"
 
 Defaults follow PAPER.md section 4: 200 epochs, batch 64, SGD momentum 0.9, weight decay 5e-4,
@@ -43,8 +45,18 @@ def _sample(config):
       "train.schedule": "cosine", "train.eval_batch_size": 100})
 
 
+def _quick(config):
+  # The quick tier of the paper's tables (README "Check the paper's claims on a laptop"): width
+  # 1, a fixed 1000-image test subset (evaluating all 10,000 images costs minutes at depth 100
+  # on a CPU), one step per dispatch (XLA:CPU unrolls a dispatch's steps: k steps of a deep net
+  # compile ~k times slower) and a progress line every 20 steps.
+  cfg_lib.apply_overrides(config, {
+      "model.width": 1, "data.eval_subset": 1000, "train.eval_batch_size": 500,
+      "train.steps_per_dispatch": 1, "train.log_every_steps": 20})
+
+
 _depth_width.label = "N-K (depth-width, e.g. 16-4)"
-PRESETS = {r"(\d+)-(\d+)": _depth_width, "smoke": _smoke, "sample": _sample}
+PRESETS = {r"(\d+)-(\d+)": _depth_width, "smoke": _smoke, "sample": _sample, "quick": _quick}
 
 
 def get_config(arg: str | None = None):

@@ -19,12 +19,24 @@ dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipini
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
 Fixup's initialization in halves (either alone suffices, the paper reports):
   methods=fixup;fixup_zero_only;fixup_rescale_only
+Quick tier (results/quick/ablation_table; ~20 min on 2 CPU cores): preset=quick trains the
+ablations that fail (alpha=1, sqrt(2) merge, no normalization) and the two halves of Fixup's
+initialization once each (lr 2^-3, one seed) at depth 100, width 1, for 0.1 epoch on real
+CIFAR-10 (1000-image test subset); give the quick depth table's sweep directory to make_tables too
+for its BatchNorm / SkipInit / Fixup rows:
+  python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py:preset=quick,data.source=folder,\
+data.path=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_ablation_table
+It can show which variants diverge at once at depth 100 and which start to train; it cannot show
+the accuracy lost without weight decay or biases (not in the quick grid) or depth 1000.
 """
 
 from skipinit.sweep import methods as methods_lib
 from skipinit.sweep.spec import depth_grid, make_sweep, sibling_config
 
 CONFIG = sibling_config(__file__, "cifar10_wrn.py")
+# preset=quick: the knobs of the quick tier (before the user's own, which win).
+QUICK = ("epochs=0.1,seeds=1,lr_exps=-3,depths=100,"
+         "methods=skipinit_a1;sqrt2_merge;none;fixup_zero_only;fixup_rescale_only")
 METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_nobias",
            "skipinit_reg")
 
@@ -39,5 +51,5 @@ def ablation_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple
 
 
 def get_sweep(arg=None):
-  return make_sweep(name="ablation_table", table="ablation", fn=ablation_table, arg=arg,
-                    config=CONFIG)
+  return make_sweep(name="ablation_table", table="ablation", fn=ablation_table,
+                    arg=methods_lib.with_quick(arg, QUICK), config=CONFIG)

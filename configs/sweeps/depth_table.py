@@ -14,12 +14,23 @@ depths=16;100;1000, width=2, batch_size=64, methods=batchnorm;skipinit_a0;skipin
 preset=NAME (a configs/cifar10_wrn.py preset, e.g. smoke); any full config key (data.source=folder).
 A cheap version of the same table:
   --sweep=configs/sweeps/depth_table.py:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
+Quick tier (results/quick/depth_table; ~30 min on 2 CPU cores, README "Check the paper's
+claims on a laptop"): preset=quick trains each method once (lr 2^-3, one seed) at depth 100,
+width 1, for 0.1 epoch (78 steps of batch 64) on real CIFAR-10, evaluated on a fixed 1000-image
+test subset:
+  python scripts/sweep.py --sweep=configs/sweeps/depth_table.py:preset=quick,data.source=folder,\
+data.path=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_depth_table
+It can show that at depth 100 every method of the table starts to train (loss falls, accuracy
+above chance, no divergence) at the same learning rate; it cannot show final accuracies, their
+ranking, the best learning rate, or depth 1000.
 """
 
 from skipinit.sweep import methods as methods_lib
 from skipinit.sweep.spec import depth_grid, make_sweep, sibling_config
 
 CONFIG = sibling_config(__file__, "cifar10_wrn.py")
+# preset=quick: the knobs of the quick tier (before the user's own, which win).
+QUICK = "epochs=0.1,seeds=1,lr_exps=-3,depths=100"
 METHODS = ("batchnorm", "skipinit_a0", "skipinit_inv_sqrt_d", "fixup")
 
 
@@ -32,4 +43,5 @@ def depth_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple(ra
 
 
 def get_sweep(arg=None):
-  return make_sweep(name="depth_table", table="depth", fn=depth_table, arg=arg, config=CONFIG)
+  return make_sweep(name="depth_table", table="depth", fn=depth_table,
+                    arg=methods_lib.with_quick(arg, QUICK), config=CONFIG)

@@ -69,3 +69,17 @@ def select(names, dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
   if unknown:
     raise ConfigError(f"unknown method(s) {', '.join(unknown)}: use some of {', '.join(known)}")
   return {n: known[n] for n in names}
+
+
+def with_quick(arg: str | None, quick_knobs: str) -> str:
+  """The sweep argument with its quick tier's knobs put first when it asks for `preset=quick`.
+
+  The quick tier (results/quick/) is a preset of the base config (width 1, an eval subset) plus
+  sweep-specific knobs (depths, epochs, grids) that a config preset cannot set; knobs the user
+  gives after them win, as later knobs do.
+  """
+  items = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  presets = [p for item in items if item.startswith("preset=")
+             for p in item.split("=", 1)[1].split(";")]
+  return ",".join([quick_knobs] + items) if "quick" in presets else (arg or "")
+
