@@ -356,3 +356,48 @@ def test_paper_halving_schedule(cifar_config):
   assert float(lr(0)) == pytest.approx(0.8) and float(lr(499)) == pytest.approx(0.8)
   assert float(lr(500)) == pytest.approx(0.4) and float(lr(549)) == pytest.approx(0.4)
   assert float(lr(550)) == pytest.approx(0.2) and float(lr(999)) == pytest.approx(0.8 / 1024)
+
+
+def test_an_eval_subset_is_fixed_recorded_and_never_mixed_with_the_whole_set(cifar_config, tmp_path):
+  subset = loop.eval_subset_indices(64, 16)
+  assert len(set(subset)) == 16 and list(subset) == sorted(subset) and subset.max() < 64
+  assert list(subset) == list(loop.eval_subset_indices(64, 16))  # the same for every run and seed
+  status = train_and_evaluate(smoke(cifar_config, "epochs=1,eval_subset=16,seed=3"), str(tmp_path))
+  data = json.load(open(tmp_path / rundir.DATA))
+  assert data["eval_examples"] == 16 and data["test_examples"] == 64
+  assert data["name"] == "cifar10" and data["source"] == "synthetic"
+  assert round(status["test_acc"] * 16, 4) == round(status["test_acc"] * 16)  # a multiple of 1/16
+  whole = dict(data)
+  del whole["eval_examples"]
+  with pytest.raises(DataError, match="eval_examples 16 -> None"):
+    rundir.check_data(str(tmp_path), whole)
+  # data.json written before a key existed (say "source") is compared on the keys both have.
+  old = {k: v for k, v in data.items() if k not in ("name", "source")}
+  (tmp_path / rundir.DATA).write_text(json.dumps(old))
+  rundir.check_data(str(tmp_path), data)
+  with pytest.raises(DataError, match="eval_examples None -> 16"):
+    (tmp_path / rundir.DATA).write_text(json.dumps(whole))
+    rundir.check_data(str(tmp_path), data)
+
+
+def test_an_eval_subset_larger_than_the_test_set_is_refused(cifar_config, tmp_path):
+  with pytest.raises(ConfigError, match=r"data.eval_subset=65 is larger than the test set \(64"):
+    train_and_evaluate(smoke(cifar_config, "eval_subset=65"), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run")
+  with pytest.raises(ConfigError, match="data.eval_subset=-1"):
+    loop.cfg_lib.validate(smoke(cifar_config, "eval_subset=-1"))
+
+
+def test_progress_lines_come_in_time_and_give_an_eta_only_without_the_compile(
+    cifar_config, tmp_path, monkeypatch, caplog):
+  import logging
+  monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # a line at every dispatch boundary
+  cfg = smoke(cifar_config, "epochs=1,steps_per_dispatch=2,log_every_steps=1000,"
+              "eval_every_epochs=100,image_size=8")
+  with caplog.at_level(logging.INFO):
+    train_and_evaluate(cfg, str(tmp_path))
+  lines = [r.getMessage() for r in caplog.records if " ex/s" in r.getMessage()]
+  # No log_every_steps boundary before the end, yet a line after every dispatch but the first.
+  assert [line.split(" step ")[1].split()[0] for line in lines] == ["4/8", "6/8", "8/8"], lines
+  assert all("ETA" in line and "compile" not in line for line in lines), lines
+  assert "on 1 device," in caplog.text and "first dispatch (compile included) took" in caplog.text

@@ -428,7 +428,7 @@ def _train(config, workdir: str, mesh, preempt) -> dict:
         if pending is not None and int(pending) >= 0:
           break
         pending = bad
-        if step < stop and time.time() - last_line >= PROGRESS_EVERY_S:
+        if window_step < step < stop and time.time() - last_line >= PROGRESS_EVERY_S:
           progress(step)  # a short run is never silent for minutes between log_every_steps
       bad = int(jax.device_get(state.first_bad_step))
       if bad >= 0:
