@@ -153,14 +153,15 @@ class DeviceData:
     self._idx_sharding = sharding.batch_sharded(mesh, batch_axis=1)
     self._perm_epoch, self._perm = None, None
 
-  def compile(self, config, model, train_step, base_key):
-    """Builds the jitted k-step chunk and the one-dispatch evaluation."""
+  def compile(self, config, model, train_step, run):
+    """Builds the jitted k-step chunk and the one-dispatch evaluation; `run` holds the run's
+    constants (steps.run_constants), passed to the chunk with its data."""
     mesh = self.mesh
+    self._run = run
     dtype = models.DTYPES[config.model.dtype]
     preprocess = lambda x: augment.normalize(x, cifar10.MEAN, cifar10.STD, dtype)
     train_aug = lambda rng, x: preprocess(augment.pad_crop_flip(rng, x))
-    chunk = steps.make_device_data_chunk(train_step, train_aug, base_key,
-                                         sharding.batch_sharded(mesh))
+    chunk = steps.make_device_data_chunk(train_step, train_aug, sharding.batch_sharded(mesh))
     self._chunk = jax.jit(chunk, donate_argnums=0)  # benchmarks time this one
     self._chunk_flagged = jax.jit(steps.with_divergence_flag(chunk), donate_argnums=0)
     self._eval = jax.jit(steps.make_device_data_eval(
@@ -179,7 +180,7 @@ class DeviceData:
     """The data arguments of the chunk that runs steps [step, step + n) of one epoch."""
     epoch, pos = divmod(step, self.steps_per_epoch)
     idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
-    return self.images, self.labels, idx
+    return self.images, self.labels, idx, self._run
 
   def benchmark_dispatch(self, k: int):
     """(jitted fn, its data arguments, examples per call) of one k-step dispatch (benchmarks)."""
@@ -222,18 +223,21 @@ class StreamedData:
       raise ConfigError(f"data.eval_subset={config.data.eval_subset} is for data held on the "
                         "device (CIFAR-10); ImageNet evaluates its whole validation split: use 0")
 
-  def compile(self, config, model, train_step, base_key):
+  def compile(self, config, model, train_step, run):
     from skipinit.data import imagenet
+    self._run = run
     if self.source.normalized:
       preprocess = lambda x: x
     else:  # data.normalize_on_host=False: uint8 batches, normalized here, on device
       dtype = models.DTYPES[config.model.dtype]
       preprocess = lambda x: augment.normalize(x, imagenet.MEAN_RGB, imagenet.STDDEV_RGB, dtype)
 
-    def one_step(state, images, labels):
+    def one_step(state, images, labels, run):
+      base_key, lr = run
+
       def step(state):
         rng = jax.random.fold_in(base_key, state.step)
-        return train_step(state, preprocess(images), labels, rng)
+        return train_step(state, preprocess(images), labels, rng, lr)
       return steps.skip_if_diverged(step, state)
 
     self._step = jax.jit(one_step, donate_argnums=0)  # benchmarks time this one
@@ -246,7 +250,7 @@ class StreamedData:
     from skipinit.data import imagenet
     batch = next(imagenet.device_prefetch(self.source.train_batches(0),
                                           sharding.batch_sharded(self.mesh), size=1))
-    return self._step, (batch["images"], batch["labels"]), self.batch_size
+    return self._step, (batch["images"], batch["labels"], self._run), self.batch_size
 
   def train(self, state, start: int, end: int):
     """Dispatches steps [start, end), one each; yields as DeviceData.train does."""
@@ -258,7 +262,7 @@ class StreamedData:
         self._iter = imagenet.device_prefetch(self.source.train_batches(epoch, start_step=pos),
                                               sharding.batch_sharded(self.mesh), size=2)
       batch = next(self._iter)
-      state, bad = self._step_flagged(state, batch["images"], batch["labels"])
+      state, bad = self._step_flagged(state, batch["images"], batch["labels"], self._run)
       self._iter_step = step + 1
       yield state, step + 1, bad
 
@@ -309,12 +313,16 @@ def build_experiment(config, mesh) -> Experiment:
   abstract_params = jax.eval_shape(
       lambda: model.init(init_key, jnp.zeros((1,) + image_shape), train=False))["params"]
   recipe = model.recipe
-  tx = optim.make_optimizer(t, lr_fn, abstract_params, recipe.name, recipe.gain_name or "")
+  # The optimizer runs the schedule's shape; the step scales by the lr, an argument, as the seed's
+  # keys are: every run of a sweep cell compiles the same programs (shared by XLA's cache).
+  shape_fn = optim.create_learning_rate_fn(t, data.steps_per_epoch, base=1.0)
+  tx = optim.make_optimizer(t, shape_fn, abstract_params, recipe.name, recipe.gain_name or "")
   train_step = steps.make_train_step(model, tx, config.model.num_classes, t.label_smoothing)
-  data.compile(config, model, train_step, data_key)
-  init = jax.jit(lambda: steps.create_train_state(model, tx, init_key, image_shape),
+  data.compile(config, model, train_step, steps.run_constants(data_key, t.lr))
+  init = jax.jit(lambda key: steps.create_train_state(model, tx, key, image_shape),
                  out_shardings=sharding.replicated(mesh))
-  return Experiment(model=model, tx=tx, lr_fn=lr_fn, data=data, init_state=init)
+  return Experiment(model=model, tx=tx, lr_fn=lr_fn, data=data,
+                    init_state=lambda: init(init_key))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -14,8 +14,11 @@ from flax import traverse_util
 SCANNED_SUFFIX = "_blocks"  # parameters of nn.scan-stacked blocks carry a leading per-block axis
 
 
-def create_learning_rate_fn(train_config, steps_per_epoch: int):
+def create_learning_rate_fn(train_config, steps_per_epoch: int, base: float | None = None):
   """Schedule over optimizer steps: paper_halving | cosine | step | constant, with linear warm-up.
+
+  Its peak is `base`, train.lr unless given (the trainer's optimizer runs the shape, base=1.0,
+  and scales by the lr in the step).
 
   paper_halving (PAPER.md section 4): constant for the first half of training, then halved at
   50%, 55%, ..., 95% of training (ten halvings, ending at lr / 1024).
@@ -23,7 +26,7 @@ def create_learning_rate_fn(train_config, steps_per_epoch: int):
   t = train_config
   total = max(1, int(round(t.epochs * steps_per_epoch)))
   warmup = int(round(t.warmup_epochs * steps_per_epoch))
-  base = t.lr
+  base = t.lr if base is None else base
   if t.schedule == "constant":
     main = optax.constant_schedule(base)
   elif t.schedule == "cosine":

@@ -44,9 +44,15 @@ def zero_metric_sums() -> dict:
 
 
 def make_train_step(model, tx, num_classes: int, label_smoothing: float = 0.0) -> Callable:
-  """(state, images, labels, rng) -> state: one SGD step on a preprocessed global batch."""
+  """(state, images, labels, rng, lr) -> state: one SGD step on a preprocessed global batch.
 
-  def train_step(state: TrainState, images, labels, rng) -> TrainState:
+  `tx` runs the schedule's shape (peak 1, `optim.create_learning_rate_fn(..., base=1.0)`) and the
+  step multiplies its updates by `lr`, an argument: SGD's updates are linear in the learning rate,
+  and a learning rate held in the compiled program would give every run of a sweep a program of
+  its own, which XLA's persistent cache could not share between the rates and seeds of a cell.
+  """
+
+  def train_step(state: TrainState, images, labels, rng, lr) -> TrainState:
     def loss_fn(params):
       variables = {"params": params}
       mutable = []
@@ -60,6 +66,7 @@ def make_train_step(model, tx, num_classes: int, label_smoothing: float = 0.0) -
 
     (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
@@ -102,8 +109,15 @@ def with_divergence_flag(fn: Callable) -> Callable:
   return wrapped
 
 
-def make_device_data_chunk(train_step, augment: Callable, base_key, batch_sharding) -> Callable:
-  """(state, images, labels, idx[k, B]) -> state: k train steps over a data set held on device.
+def run_constants(base_key, lr) -> tuple:
+  """What differs between the runs of one sweep cell (the seed's key, the learning rate), passed
+  to the compiled steps as arguments rather than held in them (see make_train_step)."""
+  return base_key, jnp.asarray(lr, jnp.float32)
+
+
+def make_device_data_chunk(train_step, augment: Callable, batch_sharding) -> Callable:
+  """(state, images, labels, idx[k, B], run) -> state: k train steps over a data set held on
+  device; `run` is `run_constants(base_key, lr)`.
 
   Fusing k steps into one `lax.scan` removes k-1 dispatches, which dominate at small batch sizes.
   The steps after a non-finite one are skipped (`skip_if_diverged`).
@@ -111,14 +125,16 @@ def make_device_data_chunk(train_step, augment: Callable, base_key, batch_shardi
   count, and a resumed run draws the same augmentations.
   """
 
-  def chunk(state, images, labels, idx):
+  def chunk(state, images, labels, idx, run):
+    base_key, lr = run
+
     def body(state, idx_t):
       def step(state):
         rng = jax.random.fold_in(base_key, state.step)
         aug_rng, dropout_rng = jax.random.split(rng)
         batch = jax.lax.with_sharding_constraint(images[idx_t], batch_sharding)
         x = augment(aug_rng, batch)
-        return train_step(state, x, labels[idx_t], dropout_rng)
+        return train_step(state, x, labels[idx_t], dropout_rng, lr)
 
       return skip_if_diverged(step, state), None
 
