@@ -31,6 +31,16 @@ RESUMABLE_KEYS = frozenset({
     "train.num_devices", "train.steps_per_dispatch", "train.log_every_steps",
     "train.eval_batch_size", "data.cache_dir", "data.num_workers", "data.path", "data.data_dir",
     "model.remat", "model.scan_unroll", "model.fused_bn"})
+# Keys whose default is not what a run made before the key existed did: for a config.json that
+# lacks the key, the value that run trained with (a function of its flattened config.json).
+# train.py resumes such a run with it (rundir.keep_legacy_values) and make_tables reads it.
+LEGACY_VALUES = {
+    # Before issue 15 the residual stream, the projection shortcut and the head computed in
+    # model.dtype: an old bfloat16 run resumed at the float32 default would change mid-way.
+    "model.residual_dtype": lambda old: old.get("model.dtype", "float32"),
+    # NF-ResNets' classifier started at zero before issue 15 (now N(0, 0.01^2)).
+    "model.classifier_init": lambda old: "zeros" if old.get("model.normalizer") == "nf" else "",
+}
 
 
 def base_config(**model_defaults) -> ml_collections.ConfigDict:

@@ -99,3 +99,43 @@ def test_run_directories_made_before_the_new_keys_resume_unchanged(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(old))
   rundir.check_config(str(tmp_path), config)
   assert optim.fixup_scalar_lr_scale(config.train) == old["train"]["fixup_scalar_lr_mult"] == 0.1
+
+
+def test_runs_made_before_residual_dtype_and_classifier_init_resume_as_they_trained(tmp_path):
+  """Before issue 15 the stream computed in model.dtype: an old bfloat16 run directory (its
+  config.json lacks model.residual_dtype) must not continue with the float32 default."""
+  import json
+  from skipinit.train import rundir
+  for dtype in ("bfloat16", "float32"):
+    workdir = tmp_path / dtype
+    workdir.mkdir()
+    config = cfg_lib.load_config_file("cifar10_wrn", f"smoke,normalizer=skipinit,dtype={dtype}")
+    old = json.loads(cfg_lib.to_json(config))
+    del old["model"]["residual_dtype"]
+    (workdir / "config.json").write_text(json.dumps(old))
+    assert config.model.residual_dtype == "float32"
+    rundir.keep_legacy_values(str(workdir), config)
+    assert config.model.residual_dtype == dtype  # as it trained
+    rundir.check_config(str(workdir), config)
+    # Without the adoption the float32 default would differ from what the run did: refused.
+    config.model.residual_dtype = "float32"
+    if dtype == "bfloat16":
+      with pytest.raises(ConfigError, match=r"model.residual_dtype: 'bfloat16' -> 'float32'"):
+        rundir.check_config(str(workdir), config)
+  # An NF run keeps the zero classifier it started with; other variants' inits did not change.
+  for normalizer, init in (("nf", "zeros"), ("skipinit", ""), ("batchnorm", "")):
+    workdir = tmp_path / normalizer
+    workdir.mkdir()
+    config = cfg_lib.load_config_file("cifar10_wrn", f"smoke,normalizer={normalizer}")
+    old = json.loads(cfg_lib.to_json(config))
+    del old["model"]["classifier_init"]
+    (workdir / "config.json").write_text(json.dumps(old))
+    rundir.keep_legacy_values(str(workdir), config)
+    assert config.model.classifier_init == init
+    rundir.check_config(str(workdir), config)
+  # A run made since records the key: nothing is adopted.
+  config = cfg_lib.load_config_file("cifar10_wrn", "smoke,dtype=bfloat16")
+  (tmp_path / "new").mkdir()
+  (tmp_path / "new" / "config.json").write_text(cfg_lib.to_json(config))
+  rundir.keep_legacy_values(str(tmp_path / "new"), config)
+  assert config.model.residual_dtype == "float32"

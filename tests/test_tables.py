@@ -298,3 +298,29 @@ def test_runs_evaluated_on_a_subset_never_share_a_cell_with_full_test_set_runs(t
     tables.build_tables([str(full), str(sub)])
   _data_json(sub, b, **common, eval_examples=10000)  # a "subset" of all of it is the whole set
   assert "85.00 ± 7.07" in tables.to_markdown(tables.build_tables([str(full), str(sub)])[0])
+
+
+def test_a_cell_never_mixes_the_numerics_issue_15_changed(tmp_path):
+  """A bfloat16 run made before model.residual_dtype (its config.json lacks the key) had a
+  bfloat16 stream: it never shares a cell with a run of the float32 stream (config.LEGACY_VALUES,
+  which also gives old NF runs their zero classifier)."""
+  a, b = "batchnorm/depth16_lr2^-2_seed0", "batchnorm/depth16_lr2^-2_seed1"
+  old = make_sweep_dir(tmp_path / "old", DEPTH_SWEEP + ",model.dtype=bfloat16", {a: C(0.9)})
+  new = make_sweep_dir(tmp_path / "new", DEPTH_SWEEP + ",model.dtype=bfloat16", {b: C(0.8)})
+  config = json.loads((old / a / "config.json").read_text())
+  assert config["model"]["residual_dtype"] == "float32"  # the manifest resolves today's default
+  del config["model"]["residual_dtype"]
+  (old / a / "config.json").write_text(json.dumps(config))
+  with pytest.raises(spec.SweepError, match=r"model.residual_dtype='(bfloat16|float32)' .* "
+                                            r"model.residual_dtype='(float32|bfloat16)'"):
+    tables.build_tables([str(old), str(new)])
+  config["model"]["residual_dtype"] = "float32"  # one made since, as the other
+  (old / a / "config.json").write_text(json.dumps(config))
+  assert "85.00 ± 7.07" in tables.to_markdown(tables.build_tables([str(old), str(new)])[0])
+  # float32 runs made before the key had a float32 stream: they join today's.
+  f32_old = make_sweep_dir(tmp_path / "f32_old", DEPTH_SWEEP, {a: C(0.9)})
+  f32_new = make_sweep_dir(tmp_path / "f32_new", DEPTH_SWEEP, {b: C(0.8)})
+  config = json.loads((f32_old / a / "config.json").read_text())
+  del config["model"]["residual_dtype"], config["model"]["classifier_init"]
+  (f32_old / a / "config.json").write_text(json.dumps(config))
+  assert "85.00 ± 7.07" in tables.to_markdown(tables.build_tables([str(f32_old), str(f32_new)])[0])

@@ -24,6 +24,7 @@ import math
 import os
 from typing import Callable, Iterable, Sequence
 
+from skipinit import config as cfg_lib
 from skipinit.sweep import ladder, rundir, search
 from skipinit.sweep.methods import LABELS
 from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest, search_of
@@ -81,7 +82,10 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
     params.update(run.get("overrides") or {})
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG))
     if isinstance(config, dict):
-      params.update(_flatten(config))  # the trainer's resolved config is the truth
+      flat = _flatten(config)
+      params.update(flat)  # the trainer's resolved config is the truth
+      # A key its config.json predates: what the run did then, not today's default.
+      params.update({k: f(flat) for k, f in cfg_lib.LEGACY_VALUES.items() if k not in flat})
     data = rundir.read_json(os.path.join(run_dir, rundir.DATA))  # what it trained on
     if isinstance(data, dict):
       params.update({f"data.{k}": v for k, v in data.items()})

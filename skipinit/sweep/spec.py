@@ -41,7 +41,10 @@ ABBREV = {"batch_size": "bs", "agc_clip": "agc", "weight_decay": "wd", "dropout_
 TABLE_KEYS = ("model.name", "model.depth", "model.width", "model.normalizer", "model.alpha_init",
               "model.conv_bias", "model.dropout_rate", "model.ghost_batch_size", "data.name",
               "data.source", "train.batch_size", "train.lr", "train.seed", "train.epochs",
-              "train.weight_decay", "train.agc_clip")
+              "train.weight_decay", "train.agc_clip",
+              # numerics that change results (issue 15): a table cell never mixes them
+              "model.dtype", "model.residual_dtype", "model.conv_init", "model.classifier_init",
+              "train.fixup_scalar_lr", "train.fixup_scalar_lr_mult")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 

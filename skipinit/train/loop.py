@@ -339,6 +339,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_count() > 1 and config.train.batch_size % jax.process_count():
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                       f"{jax.process_count()} processes")
+  rundir.keep_legacy_values(workdir, config)
   rundir.check_config(workdir, config)
   existing = rundir.read_status(workdir)
   if existing and existing.get("status") in (COMPLETED, DIVERGED):

@@ -14,6 +14,7 @@ from skipinit import config as cfg_lib, files
 from skipinit.errors import ConfigError, DataError
 
 RESUMABLE_KEYS = cfg_lib.RESUMABLE_KEYS
+LEGACY_VALUES = cfg_lib.LEGACY_VALUES
 
 
 def _is_chief() -> bool:
@@ -87,13 +88,36 @@ def write_data(workdir: str, fingerprint: dict) -> None:
   atomic_write(os.path.join(workdir, DATA), json.dumps(fingerprint, indent=2, sort_keys=True))
 
 
+def keep_legacy_values(workdir: str, config) -> None:
+  """Sets in `config` the LEGACY_VALUES of the keys `workdir`'s config.json predates (logged).
+
+  A run resumes as it trained: a key added since, whose default is not what the run did, takes
+  the run's value rather than the default (which check_config would otherwise accept), so that
+  relaunching a sweep or a run made before the key continues it unchanged.
+  """
+  try:
+    old = _flat(read_json(os.path.join(workdir, "config.json")))
+  except (OSError, ValueError, AttributeError):
+    return  # none, or unreadable: check_config reports it
+  for key, value_of in LEGACY_VALUES.items():
+    section, name = key.split(".")
+    if key in old or section not in config or name not in config[section]:
+      continue
+    value = value_of(old)
+    if config[section][name] != value:
+      logging.warning("%s predates %s: it resumes with %s=%s, as it trained (for %s=%s, use a "
+                      "new --workdir)", workdir, key, key, value, key, config[section][name])
+      config[section][name] = value
+
+
 def check_config(workdir: str, config) -> None:
   """Raises ConfigError if `workdir` already holds a run made with a different config.
 
   A different config is an error rather than an overwrite: the checkpoints there belong to the
   old config and must not be mixed with the new one. Keys in RESUMABLE_KEYS may differ, and a key
-  the old config.json lacks (one added to the framework since) counts as its default value, so
-  that adding a key never strands the runs made before it.
+  the old config.json lacks (one added to the framework since) counts as its default value, or as
+  its LEGACY_VALUES value where the default is not what the run did, so that adding a key never
+  strands the runs made before it nor changes them.
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -104,8 +128,10 @@ def check_config(workdir: str, config) -> None:
   except json.JSONDecodeError:
     raise ConfigError(f"{path} is not valid JSON: repair or remove it, or use a new --workdir") from None
   defaults = _flat(json.loads(cfg_lib.to_json(cfg_lib.base_config())))
-  diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
-          if k not in RESUMABLE_KEYS and old.get(k, defaults.get(k)) != v]
+  was = lambda k: old[k] if k in old else (
+      LEGACY_VALUES[k](old) if k in LEGACY_VALUES else defaults.get(k))
+  diff = [f"{k}: {was(k)!r} -> {v!r}" for k, v in new.items()
+          if k not in RESUMABLE_KEYS and was(k) != v]
   if diff:
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({'; '.join(diff[:5])}"
                       f"{'; ...' if len(diff) > 5 else ''}): use a new --workdir")
