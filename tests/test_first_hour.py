@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from skipinit.train import train_and_evaluate
+
 from conftest import ROOT, load_config_module
 
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -119,3 +121,10 @@ def test_a_plain_run_prints_no_tpu_line():
            "logging.use_absl_handler()\nprint(jax.devices())", env=env)
   assert p.returncode == 0 and "Cpu" in p.stdout, p.stderr
   assert "Unable to initialize backend 'tpu'" not in p.stderr
+
+
+def test_train_and_evaluate_applies_the_ghost_rule_for_library_callers(cifar_config, tmp_path):
+  cfg = cifar_config("smoke,num_devices=1,batch_size=16,ghost_batch_size=64,epochs=0.25,image_size=8")
+  status = train_and_evaluate(cfg, str(tmp_path))
+  assert status["status"] == "completed"
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["ghost_batch_size"] == 16

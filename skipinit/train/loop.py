@@ -333,6 +333,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   a diverged run is a result, not a number).
   """
   sharding.maybe_initialize_distributed()
+  note = cfg_lib.fit_ghost_batch(config)  # the rule of train.py and the sweeps, for library callers
+  if note:
+    logging.warning(note)
   cfg_lib.validate(config)
   mesh = sharding.make_mesh(sharding.devices_for(config))
   cfg_lib.validate(config, num_devices=mesh.size)
