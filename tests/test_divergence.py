@@ -68,3 +68,23 @@ def test_the_flag_outlives_the_donated_state(cifar_config):
   state, flag = exp.data._chunk_flagged(exp.init_state(), *exp.data.chunk_args(0, 1))
   state, _ = exp.data._chunk_flagged(state, *exp.data.chunk_args(1, 1))
   assert int(flag) == -1 and int(state.step) == 2
+
+
+def test_a_streamed_run_that_diverges_stops_within_a_step(tmp_path, monkeypatch):
+  # The ImageNet path (one step per dispatch, synthetic data: no TensorFlow needed).
+  from conftest import load_config_module
+  count = {"n": 0}
+  train = loop.StreamedData.train
+
+  def counting(self, state, start, end):
+    for out in train(self, state, start, end):
+      count["n"] += 1
+      yield out
+
+  monkeypatch.setattr(loop.StreamedData, "train", counting)
+  cfg = load_config_module("imagenet_resnet").get_config(
+      "smoke,num_devices=1,normalizer=none,lr=1e6,warmup_epochs=0,epochs=8,image_size=32,"
+      "log_every_steps=1000,eval_every_epochs=100,checkpoint_every_epochs=100")
+  status = train_and_evaluate(cfg, str(tmp_path))
+  assert status["status"] == "diverged" and status["total_steps"] == 32, status
+  assert count["n"] <= status["diverged_step"] + 2, (count, status)
