@@ -19,13 +19,13 @@ dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipini
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
 Fixup's initialization in halves (either alone suffices, the paper reports):
   methods=fixup;fixup_zero_only;fixup_rescale_only
-Quick tier (results/quick/ablation_table; ~20 min on 2 CPU cores): preset=quick trains the
-ablations that fail (alpha=1, sqrt(2) merge, no normalization) and the two halves of Fixup's
-initialization once each (lr 2^-3, one seed) at depth 100, width 1, for 0.1 epoch on real
-CIFAR-10 (1000-image test subset); give the quick depth table's sweep directory to make_tables too
-for its BatchNorm / SkipInit / Fixup rows:
-  python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py:preset=quick,data.source=folder,\
-data.path=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_ablation_table
+Quick tier (results/quick/ablation_table; 28 min measured on 2 shared CPU cores): preset=quick
+trains the ablations that fail (alpha=1, sqrt(2) merge, no normalization) and the two halves
+of Fixup's initialization once each (lr 2^-3, one seed) at depth 100, width 1, for 0.1 epoch on
+real CIFAR-10 (1000-image test subset); give make_tables the quick depth table's sweep directory
+too for its BatchNorm and SkipInit rows (full Fixup is in the depth table):
+  python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py:preset=quick \
+      --data=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_ablation_table
 It can show which variants diverge at once at depth 100 and which start to train; it cannot show
 the accuracy lost without weight decay or biases (not in the quick grid) or depth 1000.
 """

@@ -17,8 +17,8 @@ Cheap: ...:epochs=2,lr_exps=-4:-1,batch_exps=6;9,clips=0.01;0
 Quick tier (results/quick/agc_batch_size; ~30 min on 2 CPU cores): preset=quick trains the
 NF-ResNet-16-1 (width 1, not 4) at batch 64 and 512 for 0.25 epoch, with AGC lambda=0.01 and
 without, on learning rates 2^-3 .. 2^1, one seed, on real CIFAR-10 (1000-image test subset):
-  python scripts/sweep.py --sweep=configs/sweeps/agc_batch_size.py:preset=quick,data.source=folder,\
-data.path=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_agc_batch_size
+  python scripts/sweep.py --sweep=configs/sweeps/agc_batch_size.py:preset=quick \
+      --data=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_agc_batch_size
 It can show whether AGC keeps large learning rates stable (runs that diverge without it); it
 cannot show the large-batch (>= 1024) accuracy gains of the NFNets paper.
 """

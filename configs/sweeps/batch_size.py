@@ -16,11 +16,12 @@ Run (full budget: 9 batch sizes x 2 methods x 12 learning rates x 2 seeds = 432 
 Knobs: epochs=200, seeds=2, lr_exps=-8:3, batch_exps=4:12 (batch 2^4 .. 2^12), ghost=64,
 methods=batchnorm;skipinit_a0, depth=16, width=4, preset=NAME, full config keys.
 Cheap: ...:epochs=2,seeds=1,lr_exps=-5:-1,batch_exps=6:8
-Quick tier (results/quick/batch_size; ~30 min on 2 CPU cores): preset=quick trains WRN-16-1
+Quick tier (results/quick/batch_size; 42 min measured on 2 CPU cores shared with two other
+sweeps): preset=quick trains WRN-16-1
 (width 1, not 4) at batch 32 and 256 for 0.25 epoch (390 and 49 steps) on learning rates
 2^-5 .. 2^-1, one seed, on real CIFAR-10 (1000-image test subset):
-  python scripts/sweep.py --sweep=configs/sweeps/batch_size.py:preset=quick,data.source=folder,\
-data.path=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_batch_size
+  python scripts/sweep.py --sweep=configs/sweeps/batch_size.py:preset=quick \
+      --data=/path/to/cifar10-jpeg.tar.gz --sweep_dir=runs/quick_batch_size
 It can show the largest stable learning rate per (method, batch) and whether the best learning
 rate moves up with the batch size; at a quarter epoch the large batch takes few steps, so the
 accuracy comparison at large batch (BatchNorm's advantage) is beyond it.
