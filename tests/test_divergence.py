@@ -1,4 +1,4 @@
-"""A diverged run stops costing compute at once (issue 18): skipped on the device, seen by the loop."""
+"""A diverged run stops costing compute at once (issue 18): skipped on device, seen by the loop."""
 
 import jax
 import jax.numpy as jnp
