@@ -175,6 +175,9 @@ def test_ablation_table_takes_reference_rows_from_the_depth_sweep(depth_dir, tmp
   assert [r[0] for r in rows] == ["SkipInit (α=1)", "√2 merge", "BatchNorm", "SkipInit (α=0)"]
   assert rows[0] == ["SkipInit (α=1)", "90.00 @ lr 0.25", "diverged"]
   assert rows[2][2] == "diverged"
+  # Full Fixup joins too when the depth sweep has it (beside its halves); this one does not.
+  assert built["ablation_table"].notes[0] == (
+      "The BatchNorm, SkipInit (α=0) rows come from the depth-table sweep.")
 
 
 def test_agc_and_imagenet_tables(tmp_path):

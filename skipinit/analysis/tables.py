@@ -31,7 +31,8 @@ from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest, search_of
 
 # The status.json / metrics.jsonl accuracies are fractions; the tables print percentages.
 ACC_SCALE = 100.0
-REFERENCE_METHODS = ("batchnorm", "skipinit_a0")  # depth-table rows shown next to the ablations
+# Depth-table rows shown next to the ablations (full Fixup beside its halves, fixup_*_only).
+REFERENCE_METHODS = ("batchnorm", "skipinit_a0", "fixup")
 # What the runs of one table cell must share besides the method (every lr and seed of a cell is
 # the same experiment): the resolved keys every run has, started or not, less the grid's.
 # From the run's data.json, once it has started: a cell never mixes data sets, nor runs evaluated
@@ -659,8 +660,10 @@ def build_tables(sweep_dirs: Sequence[str]) -> list[Table]:
       refs = [r for r in by_kind.get("depth", []) if r.method in REFERENCE_METHODS]
       if refs and _same_budget(refs, runs):
         runs = runs + refs
-        methods = methods + list(REFERENCE_METHODS)
-        notes.append("BatchNorm and SkipInit (α=0) rows come from the depth-table sweep.")
+        present = [m for m in REFERENCE_METHODS if any(r.method == m for r in refs)]
+        methods = methods + present
+        notes.append(f"The {', '.join(label(m) for m in present)} rows come from the "
+                     "depth-table sweep.")
       elif refs:
         notes.append("Depth-table reference rows left out: their epochs or batch size differ.")
       t = method_by_depth_table(
