@@ -130,7 +130,7 @@ def check_config(workdir: str, config) -> None:
   defaults = _flat(json.loads(cfg_lib.to_json(cfg_lib.base_config())))
   was = lambda k: old[k] if k in old else (
       LEGACY_VALUES[k](old) if k in LEGACY_VALUES else defaults.get(k))
-  diff = [f"{k}: {was(k)!r} -> {v!r}" for k, v in new.items()
+  diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
           if k not in RESUMABLE_KEYS and was(k) != v]
   if diff:
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({'; '.join(diff[:5])}"
