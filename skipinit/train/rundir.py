@@ -130,7 +130,9 @@ def check_config(workdir: str, config) -> None:
   defaults = _flat(json.loads(cfg_lib.to_json(cfg_lib.base_config())))
   was = lambda k: old[k] if k in old else (
       LEGACY_VALUES[k](old) if k in LEGACY_VALUES else defaults.get(k))
-  diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items()
+  # A key the run predates shows as None, or as its legacy value where that is not the default.
+  shown = lambda k: old.get(k, LEGACY_VALUES[k](old) if k in LEGACY_VALUES else None)
+  diff = [f"{k}: {shown(k)!r} -> {v!r}" for k, v in new.items()
           if k not in RESUMABLE_KEYS and was(k) != v]
   if diff:
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({'; '.join(diff[:5])}"
