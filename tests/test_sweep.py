@@ -508,3 +508,11 @@ def test_sweep_list_and_help_show_every_knob_with_its_default(tmp_path):
   assert "warning: data.path='/data/c10.tar.gz' does not exist" in p.stdout
   p = run("--sweep=" + SMALL_BS, f"--sweep_dir={tmp_path / 'sw'}", "seeds=2")  # a stray word
   assert p.returncode == 2 and "needs the flag quoted" in p.stderr
+
+
+def test_the_summary_says_when_runs_were_busy():
+  from skipinit import sweep as sweep_lib
+  lines = []
+  sweep_lib._report({"busy": ["one"]}, {"busy": 4, "completed": 5}, lines.append)
+  assert lines[0] == "done: 4 busy, 5 completed"
+  assert lines[1].startswith("5 runs were busy and not started (1 at the launch, 4 when their turn came)")

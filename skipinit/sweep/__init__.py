@@ -165,10 +165,13 @@ def _report(classes: dict, outcomes: dict, log, extra_failed: int = 0) -> int:
   """Logs what a launch's trainers did; the launch's exit status."""
   if outcomes:
     log("done: " + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items())))
-  busy = len(classes["busy"]) + outcomes.get("busy", 0)
-  if busy:
-    log(f"{busy} runs were busy and not started: another process holds their lock (a trainer of "
-        "an earlier launch still running?); launch again once it has ended")
+  at_start, later = len(classes["busy"]), outcomes.get("busy", 0)
+  if at_start + later:
+    # Two counts, said apart: "done: N busy" above counts only the runs found busy when their turn came.
+    when = (f" ({at_start} at the launch, {later} when their turn came)" if at_start and later
+            else "")
+    log(f"{at_start + later} runs were busy and not started{when}: another process holds their "
+        "lock (a trainer of an earlier launch still running?); launch again once it has ended")
   refused = outcomes.get("refused", 0)
   if refused:
     log(f"{refused} runs were refused by the trainer (their REFUSED lines above): correct "
