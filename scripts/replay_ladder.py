@@ -17,7 +17,6 @@ stops early) or, from a CSV, epochs x (train examples // batch) for every run, d
 Writes <out>.md and <out>.json (or prints the Markdown without --out).
 """
 
-import json
 import os
 import statistics
 import sys
@@ -296,14 +295,7 @@ def main(argv):
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  text = to_markdown(report)
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    files.atomic_write(FLAGS.out + ".json", json.dumps(report, indent=1))
-    files.atomic_write(FLAGS.out + ".md", text)
-    print(f"wrote {FLAGS.out}.md, {FLAGS.out}.json")
-  else:
-    print(text, end="")
+  files.write_report(FLAGS.out, report, to_markdown(report))
   return 0
 
 

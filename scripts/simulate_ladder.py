@@ -26,9 +26,6 @@ ladder's picks the grid's) and on where the optima sit: a grid much wider than t
 saves more, and a cell whose optimum is far from its centre costs more.
 """
 
-import json
-import math
-import os
 import random
 import statistics
 import sys
@@ -215,14 +212,7 @@ def main(argv):
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  text = to_markdown(report)
-  if FLAGS.out:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    files.atomic_write(FLAGS.out + ".json", json.dumps(report, indent=1))
-    files.atomic_write(FLAGS.out + ".md", text)
-    print(f"wrote {FLAGS.out}.md, {FLAGS.out}.json")
-  else:
-    print(text, end="")
+  files.write_report(FLAGS.out, report, to_markdown(report))
   return 0
 
 

@@ -27,3 +27,16 @@ def atomic_write(path: str, content: str | bytes | Callable) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_report(out: str, record, markdown: str) -> None:
+  """The scripts' report files: `<out>.json` (the record) and `<out>.md`, or the Markdown on stdout
+  when `out` is empty."""
+  if not out:
+    print(markdown, end="")
+    return
+  import json  # (kept local: this module is imported by everything, json by few of them)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  atomic_write(out + ".json", json.dumps(record, indent=1))
+  atomic_write(out + ".md", markdown)
+  print(f"wrote {out}.md, {out}.json")
