@@ -42,7 +42,8 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   devices = jax.devices()
   n = num_devices or len(devices)
   if n > len(devices):
-    raise ConfigError(f"train.num_devices={n} but only {len(devices)} devices are available")
+    have = f"{len(devices)} device is" if len(devices) == 1 else f"{len(devices)} devices are"
+    raise ConfigError(f"train.num_devices={n} but only {have} available")
   if jax.process_count() > 1 and n != len(devices):
     raise ConfigError("train.num_devices must be 0 (all devices) in a multi-host run")
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
