@@ -27,7 +27,8 @@ from skipinit import files
 from skipinit.analysis import tables
 from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import ConfigError, SkipInitError
-from skipinit.sweep import ladder, rundir
+from skipinit import rundir
+from skipinit.sweep import ladder
 
 # The table cells, as make_tables groups them (skipinit.sweep.ladder.CELL_KEYS, shared with the
 # tables and the launcher), and their labels.

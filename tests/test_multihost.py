@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from skipinit.train import rundir
+from skipinit import rundir
 
 from conftest import ROOT
 

@@ -23,8 +23,7 @@ def _first_update(normalizer, grads_fn, **train):
   model, params = _params(normalizer)
   t = cfg_lib.base_config().train
   t.update(lr=1.0, momentum=0.0, **train)
-  tx = optim.make_optimizer(t, lambda step: t.lr, params, model.recipe.name,
-                            model.recipe.gain_name or "")
+  tx = optim.make_optimizer(t, lambda step: t.lr, params, model.recipe)
   updates, _ = tx.update(grads_fn(params), tx.init(params), params)
   return {"/".join(k): float(np.max(np.abs(v)))
           for k, v in traverse_util.flatten_dict(updates).items()}
@@ -90,7 +89,7 @@ def test_run_directories_made_before_the_new_keys_resume_unchanged(tmp_path):
   """An existing run's config.json has train.fixup_scalar_lr_mult and none of issue 15's keys:
   its resume is not refused, and the defaults give it the rule it trained with."""
   import json
-  from skipinit.train import rundir
+  from skipinit import rundir
   config = cfg_lib.load_config_file("cifar10_wrn", "smoke,normalizer=fixup")
   old = json.loads(cfg_lib.to_json(config))
   for section, key in (("train", "fixup_scalar_lr"), ("model", "residual_dtype"),
@@ -105,7 +104,7 @@ def test_runs_made_before_residual_dtype_and_classifier_init_resume_as_they_trai
   """Before issue 15 the stream computed in model.dtype: an old bfloat16 run directory (its
   config.json lacks model.residual_dtype) must not continue with the float32 default."""
   import json
-  from skipinit.train import rundir
+  from skipinit import rundir
   for dtype in ("bfloat16", "float32"):
     workdir = tmp_path / dtype
     workdir.mkdir()

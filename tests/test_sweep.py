@@ -14,7 +14,9 @@ import threading
 import pytest
 
 from skipinit import sweep as sweep_lib
-from skipinit.sweep import executors, rundir, spec
+from skipinit import rundir
+from skipinit.sweep import executors, spec
+from skipinit.sweep.lock import RunLock, is_locked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(REPO, "configs", "sweeps")
@@ -207,10 +209,10 @@ def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path
     if (run_dir / "status.json").exists():
       break
     threading.Event().wait(0.1)
-  assert rundir.is_locked(str(run_dir))
+  assert is_locked(str(run_dir))
   p.send_signal(subprocess.signal.SIGTERM)
   assert p.wait(timeout=60) == 143
-  assert not rundir.is_locked(str(run_dir))  # the trainer is gone with its lock
+  assert not is_locked(str(run_dir))  # the trainer is gone with its lock
   attempts = [json.loads(l) for l in (d / executors.ATTEMPTS).read_text().splitlines()]
   assert [(a["run"], a["state"]) for a in attempts] == [("batchnorm", "interrupted")]
   rc, logs = _launch(sweep, d)
@@ -220,7 +222,7 @@ def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path
 def test_locked_run_is_left_to_its_worker(tmp_path, fake):
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2:-1,batch_exps=6"
   d = tmp_path / "sw"
-  with rundir.RunLock(str(d / "batchnorm" / "lr2^-2")) as lock:
+  with RunLock(str(d / "batchnorm" / "lr2^-2")) as lock:
     assert lock.acquire()
     rc, logs = _launch(sweep, d)
     assert "1 busy" in logs[0]

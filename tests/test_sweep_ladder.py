@@ -21,7 +21,9 @@ import pytest
 
 from skipinit import sweep as sweep_lib
 from skipinit.analysis import tables
-from skipinit.sweep import executors, rundir, spec
+from skipinit import rundir
+from skipinit.sweep import executors, spec
+from skipinit.sweep.lock import RunLock, is_locked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = os.path.join(REPO, "configs", "sweeps", "batch_size.py")
@@ -214,7 +216,7 @@ def test_kill_9_mid_wave_then_a_relaunch_ends_with_the_same_picks(tmp_path, fake
           pass
     time.sleep(0.3)
   for c in fake():  # until the kernel has dropped the killed trainers' locks
-    while rundir.is_locked(c["workdir"]):
+    while is_locked(c["workdir"]):
       time.sleep(0.05)
   before = states()
   finished = {w for w, v in before.items() if v in rundir.FINISHED}

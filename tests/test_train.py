@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from skipinit import ConfigError, DataError
-from skipinit.train import loop, rundir, train_and_evaluate
+from skipinit import rundir
+from skipinit.train import loop, train_and_evaluate
 
 from conftest import ROOT, SAMPLE_DIR
 

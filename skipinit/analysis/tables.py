@@ -25,7 +25,9 @@ import os
 from typing import Callable, Iterable, Sequence
 
 from skipinit import config as cfg_lib
-from skipinit.sweep import ladder, rundir, search
+from skipinit import rundir
+from skipinit.rundir import Status
+from skipinit.sweep import ladder, search
 from skipinit.sweep.methods import LABELS
 from skipinit.sweep.spec import TABLE_KEYS, SweepError, read_manifest, search_of
 
@@ -59,7 +61,7 @@ class RunResult:
 
   @property
   def usable(self) -> bool:
-    return (self.state == "completed" and _finite(self.test_acc) and _finite(self.train_loss))
+    return (self.state == Status.COMPLETED and _finite(self.test_acc) and _finite(self.train_loss))
 
   def get(self, key, default=None):
     return self.params.get(key, default)
@@ -67,10 +69,6 @@ class RunResult:
 
 def _finite(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _flatten(config: dict) -> dict:
-  return {f"{s}.{k}": v for s, sub in config.items() if isinstance(sub, dict) for k, v in sub.items()}
 
 
 def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
@@ -81,9 +79,8 @@ def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
     run_dir = os.path.join(sweep_dir, run["name"])
     params = dict(run.get("resolved") or {})
     params.update(run.get("overrides") or {})
-    config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG))
-    if isinstance(config, dict):
-      flat = _flatten(config)
+    flat = rundir.read_config(run_dir)
+    if flat is not None:
       params.update(flat)  # the trainer's resolved config is the truth
       # A key its config.json predates: what the run did then, not today's default.
       params.update({k: f(flat) for k, f in cfg_lib.LEGACY_VALUES.items() if k not in flat})
@@ -133,7 +130,7 @@ class Cell:
 
   @property
   def state(self) -> str:
-    if any(r.state == "diverged" for r in self.runs):
+    if any(r.state == Status.DIVERGED for r in self.runs):
       return "diverged"
     if self.runs and all(r.state == NOT_NEEDED for r in self.runs):
       return NOT_NEEDED
@@ -198,14 +195,14 @@ class Group:
     diverged, not when it is the top of the grid or the next rate has not finished yet."""
     stable = self.largest_stable
     above = sorted((c for c in self.cells if stable and c.lr > stable.lr), key=lambda c: c.lr)
-    return stable is not None and (not above or above[0].state != "diverged")
+    return stable is not None and (not above or above[0].state != Status.DIVERGED)
 
   @property
   def status(self) -> str:
     if self.ok:
       return "ok"
     searched = self.searched
-    if searched and all(c.state == "diverged" for c in searched):
+    if searched and all(c.state == Status.DIVERGED for c in searched):
       return "diverged"
     return "incomplete"
 
@@ -408,7 +405,7 @@ def _record(group: Group, **fields) -> dict:
       "largest_stable_lr_is_lower_bound": group.largest_stable_is_lower_bound,
       "lrs_tried": len(group.searched),
       "lrs_not_needed": len(group.cells) - len(group.searched),
-      "lrs_diverged": sum(c.state == "diverged" for c in group.cells),
+      "lrs_diverged": sum(c.state == Status.DIVERGED for c in group.cells),
       "runs_finished": group.n_finished,
       "runs_expected": group.n_expected,
   }
@@ -526,7 +523,7 @@ def unfinished(runs: Iterable[RunResult]) -> list[RunResult]:
   """Runs that are in no mean: missing, failed, running/interrupted, or completed without metrics
   (not those the learning-rate search did not need)."""
   return [r for r in runs if r.state != NOT_NEEDED and (
-      r.state not in rundir.FINISHED or (r.state == "completed" and not r.usable))]
+      r.state not in rundir.FINISHED or (r.state == Status.COMPLETED and not r.usable))]
 
 
 def needed_runs(runs: Iterable[RunResult]) -> list[RunResult]:
@@ -547,9 +544,9 @@ def search_notes(table: "Table") -> list[str]:
 
 
 def _state_text(r: RunResult) -> str:
-  if r.state == "completed":
+  if r.state == Status.COMPLETED:
     return "completed without final metrics"
-  return {"running": "running or interrupted"}.get(r.state, r.state)
+  return {Status.RUNNING: "running or interrupted"}.get(r.state, r.state)
 
 
 def to_markdown(table: Table, max_listed: int = 50) -> str:

@@ -1,7 +1,7 @@
 """Sweeps: expand a sweep definition into run directories and train them (PAPER.md sections 4-5).
 
   spec        sweep files -> runs with deterministic names; the sweep directory's manifest
-  rundir      a run directory's state (status.json) and its per-run lock
+  lock        a run directory's per-run lock (the run directory itself: skipinit.rundir)
   executors   local sequential, local parallel (one run per GPU); `run_one` does the skip rules
   ladder      the learning-rate ladder of one table cell (lr_search=ladder; issue 16)
   search      the ladder over a sweep's runs: what a launch trains next, what a table counts
@@ -16,7 +16,8 @@ import re
 import time
 from typing import Callable, Sequence
 
-from skipinit.sweep import executors, rundir, search, spec
+from skipinit.rundir import Status
+from skipinit.sweep import executors, search, spec
 from skipinit.sweep.spec import (Run, SweepError, expand, load_sweep, make_sweep,
                                  powers_of_two)
 
@@ -156,7 +157,7 @@ def _wait_jobs(jobs, log, poll_s: float) -> dict:
     try:
       state = job.result()
     except Exception:  # a task that died (node failure, timeout): its run is retried next launch
-      state = "failed"
+      state = Status.FAILED
     outcomes[state] = outcomes.get(state, 0) + 1
   return outcomes
 
@@ -176,7 +177,7 @@ def _report(classes: dict, outcomes: dict, log, extra_failed: int = 0) -> int:
   if refused:
     log(f"{refused} runs were refused by the trainer (their REFUSED lines above): correct "
         "what the error names, then launch again")
-  failed = outcomes.get("failed", 0) + outcomes.get("running", 0)
+  failed = outcomes.get(Status.FAILED, 0) + outcomes.get(Status.RUNNING, 0)
   if failed:
     log(f"{failed} runs failed or were interrupted: see train.log in their run directories; "
         "launch the same command again to retry them (they resume from their checkpoints)")
@@ -278,4 +279,4 @@ def _launch_ladder(definition, sweep_dir, all_runs, runs, settings, classes, exe
 
 
 __all__ = ["EXECUTORS", "Run", "SweepError", "expand", "launch", "load_sweep", "make_sweep",
-           "powers_of_two", "rundir", "executors", "search", "spec", "with_data"]
+           "powers_of_two", "executors", "search", "spec", "with_data"]

@@ -23,7 +23,9 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from skipinit.sweep import rundir
+from skipinit import rundir
+from skipinit.rundir import Status
+from skipinit.sweep import lock as run_lock
 from skipinit.sweep.spec import Run, SweepError
 
 ATTEMPTS = "attempts.jsonl"
@@ -68,11 +70,11 @@ def classify(sweep_dir: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
     state = rundir.run_state(run_dir)
     if state in rundir.FINISHED:
       out[state].append(run)
-    elif rundir.is_locked(run_dir):
+    elif run_lock.is_locked(run_dir):
       out["busy"].append(run)
-    elif state == "failed":
+    elif state == Status.FAILED:
       out["failed"].append(run)
-    elif state == "running" or os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    elif state == Status.RUNNING or os.path.isdir(os.path.join(run_dir, rundir.CHECKPOINTS)):
       out["interrupted"].append(run)
     else:
       out["new"].append(run)
@@ -170,7 +172,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
   The state is re-read under the lock, so a run another worker finished a moment ago is skipped.
   """
   run_dir = os.path.join(sweep_dir, run.name)
-  lock = rundir.RunLock(run_dir)
+  lock = run_lock.RunLock(run_dir)
   if not lock.acquire():
     return "busy"
   try:
@@ -180,7 +182,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
     # mean what they meant where the sweep was launched.
     cmd = train_command(config, config_arg, os.path.abspath(run_dir), run.overrides, train_script)
     start = time.time()
-    with open(os.path.join(run_dir, rundir.LOG), "a") as log:
+    with open(os.path.join(run_dir, run_lock.LOG), "a") as log:
       log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
                 f"{socket.gethostname()} {worker}\n$ {' '.join(cmd)}\n")
       log.flush()
@@ -210,7 +212,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
     if (interrupted is not None or _ACTIVE.was_stopped(p)) and state not in rundir.FINISHED:
       state = "interrupted"
     elif returncode != 0 and state not in rundir.FINISHED:
-      state = "failed"  # e.g. killed before it could write status.json
+      state = Status.FAILED  # e.g. killed before it could write status.json
       previous = rundir.read_status(run_dir)
       if returncode == 2 and (previous is None or previous.get("refused")):
         # The trainer refused its config or data and, by its contract, wrote nothing: say so
@@ -230,24 +232,23 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
 
 def _write_refused_status(run_dir: str, log_offset: int) -> None:
   """status.json of a run the trainer refused, with the error line of this attempt's log."""
-  with open(os.path.join(run_dir, rundir.LOG)) as f:
+  with open(os.path.join(run_dir, run_lock.LOG)) as f:
     f.seek(log_offset)
     errors = [line.strip() for line in f if line.startswith("error:")]
   message = errors[-1] if errors else "error: the trainer refused its input (exit 2)"
-  rundir.write_json_atomic(os.path.join(run_dir, rundir.STATUS),
-                           {"status": "failed", "refused": True, "error": message})
+  rundir.write_status(run_dir, Status.FAILED, refused=True, error=message)
 
 
 def _describe(run: Run, state: str, sweep_dir: str) -> str:
   status = rundir.read_status(os.path.join(sweep_dir, run.name)) or {}
-  if state == "completed" and "test_acc" in status:
+  if state == Status.COMPLETED and "test_acc" in status:
     return f"completed (test_acc {status['test_acc']:.4g})"
-  if state == "diverged":
+  if state == Status.DIVERGED:
     return f"diverged at step {status.get('diverged_step', '?')}"
-  if state in ("failed", "refused") and status.get("refused"):
+  if state in (Status.FAILED, "refused") and status.get("refused"):
     return f"REFUSED: {status['error']}"
-  if state == "failed":
-    return f"FAILED: see {os.path.join(sweep_dir, run.name, rundir.LOG)}"
+  if state == Status.FAILED:
+    return f"FAILED: see {os.path.join(sweep_dir, run.name, run_lock.LOG)}"
   return state
 
 
@@ -392,7 +393,7 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
                         worker=f"cpu.{slot}" if cpu else f"gpu{gpu}.{slot}")
       except Exception as e:  # keep the other workers going; report at the end
         errors.append(f"{run.name}: {e}")
-        state = "failed"
+        state = Status.FAILED
       with lock:
         outcomes[state] = outcomes.get(state, 0) + 1
         in_flight.discard(run.name)

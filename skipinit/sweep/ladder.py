@@ -40,12 +40,12 @@ import math
 from typing import Callable, Hashable, Mapping, Sequence
 
 from skipinit.errors import ConfigError
+from skipinit.rundir import FINISHED, MISSING, Status
 
 PATIENCE = 2
 # As skipinit.analysis.tables: accuracies are compared as percentages, so that two means the
 # tables print as equal (and break by the smaller rate) are equal here too.
 ACC_SCALE = 100.0
-FINISHED = ("completed", "diverged")  # = skipinit.sweep.rundir.FINISHED (no import: no cycle)
 
 OK, DIVERGED, PENDING = "ok", "diverged", "pending"
 
@@ -55,13 +55,13 @@ class Outcome:
   """How one run (one rate, one seed) stands: its run directory's state (rundir.run_state:
   completed | diverged | failed | running | missing) and, when completed, its final metrics."""
 
-  state: str = "missing"
+  state: str = MISSING
   test_acc: float | None = None
   train_loss: float | None = None
 
   @property
   def usable(self) -> bool:
-    return self.state == "completed" and _finite(self.test_acc) and _finite(self.train_loss)
+    return self.state == Status.COMPLETED and _finite(self.test_acc) and _finite(self.train_loss)
 
 
 def _finite(x) -> bool:
@@ -170,8 +170,8 @@ def aggregate(lrs: Sequence[float], seeds: Sequence[int], results: Mapping) -> l
   rates = []
   for lr in lrs:
     outs = [(s, results.get((lr, s), Outcome())) for s in seeds]
-    started = any(o.state != "missing" for _, o in outs)
-    if any(o.state == "diverged" for _, o in outs):
+    started = any(o.state != MISSING for _, o in outs)
+    if any(o.state == Status.DIVERGED for _, o in outs):
       rates.append(Rate(lr, DIVERGED, None, None, started=started))
     elif all(o.usable for _, o in outs):
       accs = [o.test_acc for _, o in outs]
@@ -181,7 +181,7 @@ def aggregate(lrs: Sequence[float], seeds: Sequence[int], results: Mapping) -> l
     else:
       rates.append(Rate(lr, PENDING, None, None,
                         to_train=tuple(s for s, o in outs if o.state not in FINISHED),
-                        stuck=tuple(s for s, o in outs if o.state == "completed" and not o.usable),
+                        stuck=tuple(s for s, o in outs if o.state == Status.COMPLETED and not o.usable),
                         started=started))
   return rates
 
@@ -468,7 +468,7 @@ def simulate(cells: Mapping[Hashable, CellSpec], workers: int | None = None,
     else:
       todo = schedule(decisions, idle, busy, informed)
     for key, p in todo:
-      results[key][(p.lr, p.seed)] = Outcome("running")
+      results[key][(p.lr, p.seed)] = Outcome(Status.RUNNING)
       launched[key].append((p.lr, p.seed, p.speculative))
       heapq.heappush(running, (t + cells[key].cost[(p.lr, p.seed)], order, key, p.lr, p.seed))
       order += 1

@@ -13,7 +13,9 @@ import math
 import os
 from typing import Callable, Iterable
 
-from skipinit.sweep import ladder, rundir
+from skipinit import rundir
+from skipinit.rundir import Status
+from skipinit.sweep import ladder, lock
 
 
 @dataclasses.dataclass
@@ -80,7 +82,7 @@ def needed(p: Plan, decisions: dict, outcomes: dict) -> set:
     if lr not in d.needed_lrs:
       continue
     finished = outcomes.get(name, ladder.Outcome()).state in rundir.FINISHED
-    diverged = any(outcomes.get(p.names.get((key, lr, s)), ladder.Outcome()).state == "diverged"
+    diverged = any(outcomes.get(p.names.get((key, lr, s)), ladder.Outcome()).state == Status.DIVERGED
                    for s in p.cells[key].seeds)
     if finished or not diverged:
       out.add(name)
@@ -109,7 +111,7 @@ def next_runs(sweep_dir: str, p: Plan, idle: int | None, exclude=frozenset(),
     if name in exclude or (allowed is not None and name not in allowed):
       busy.add((key, lr, seed))
     elif (outcomes[name].state not in rundir.FINISHED
-          and rundir.is_locked(os.path.join(sweep_dir, name))):
+          and lock.is_locked(os.path.join(sweep_dir, name))):
       busy.add((key, lr, seed))
   todo = ladder.schedule(decisions, idle, frozenset(busy), informed)
   return [(p.names[(key, prop.lr, prop.seed)], prop) for key, prop in todo], decisions

@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 
 from skipinit import config as cfg_lib
 from skipinit.errors import ConfigError, SkipInitError
-from skipinit.sweep import ladder, methods as methods_lib, rundir
+from skipinit import rundir
+from skipinit.sweep import ladder, methods as methods_lib
 
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
@@ -525,7 +526,7 @@ def _started(sweep_dir: str, m: dict) -> list[str]:
     run_dir = os.path.join(sweep_dir, str(r.get("name", "")))
     status = rundir.read_status(run_dir)
     if (any(os.path.exists(os.path.join(run_dir, f))
-            for f in (rundir.CONFIG, rundir.DATA, rundir.METRICS, "checkpoints"))
+            for f in (rundir.CONFIG, rundir.DATA, rundir.METRICS, rundir.CHECKPOINTS))
         or (status is not None and not status.get("refused"))):
       started.append(r["name"])
   return started
@@ -580,7 +581,7 @@ def write_manifest(sweep_dir: str, m: dict) -> None:
   if check_manifest(sweep_dir, m) and read_manifest(sweep_dir) == json.loads(json.dumps(m)):
     return
   os.makedirs(sweep_dir, exist_ok=True)
-  rundir.write_json_atomic(path, m)  # atomic: a concurrent launcher never reads half a manifest
+  rundir.write_json(path, m, indent=1)  # atomic: a concurrent launcher never reads half a manifest
 
 
 # ------------------------------------------------------------------------------- help (--list)

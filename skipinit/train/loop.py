@@ -18,13 +18,14 @@ import numpy as np
 from absl import logging
 
 from skipinit import config as cfg_lib
-from skipinit import models
+from skipinit import models, rundir
 from skipinit.data import augment, cifar10
 from skipinit.errors import ConfigError
-from skipinit.train import optim, rundir, sharding, steps
+from skipinit.rundir import Status
+from skipinit.train import optim, sharding, steps
 from skipinit.train.checkpoint import Checkpointer
 
-DIVERGED, COMPLETED, FAILED, RUNNING = "diverged", "completed", "failed", "running"
+DIVERGED, COMPLETED, FAILED, RUNNING = Status.DIVERGED, Status.COMPLETED, Status.FAILED, Status.RUNNING
 
 
 class _Preemption:
