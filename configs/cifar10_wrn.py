@@ -26,37 +26,27 @@ SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "tests", "data", "cifar10_sample")
 
 
+@cfg_lib.preset("model.depth", "model.width", label="N-K (depth-width, e.g. 16-4)")
 def _depth_width(config, depth, width):
   config.model.depth, config.model.width = int(depth), int(width)
 
 
-def _smoke(config):
-  cfg_lib.apply_overrides(config, {
-      "model.depth": 10, "model.width": 1, "model.ghost_batch_size": 4,
-      "data.source": "synthetic", "data.synthetic_train_size": 256, "data.synthetic_test_size": 64,
-      "train.batch_size": 32, "train.epochs": 2.0, "train.eval_batch_size": 64,
-      "train.steps_per_dispatch": 4, "train.log_every_steps": 4})
-
-
-def _sample(config):
-  _smoke(config)
-  cfg_lib.apply_overrides(config, {
-      "data.source": "folder", "data.path": SAMPLE_DIR, "train.epochs": 10.0, "train.lr": 0.05,
-      "train.schedule": "cosine", "train.eval_batch_size": 100})
-
-
-def _quick(config):
-  # The quick tier of the paper's tables (README "Check the paper's claims on a laptop"): width
-  # 1, a fixed 1000-image test subset (evaluating all 10,000 images costs minutes at depth 100
-  # on a CPU), one step per dispatch (XLA:CPU unrolls a dispatch's steps: k steps of a deep net
-  # compile ~k times slower) and a progress line every 20 steps.
-  cfg_lib.apply_overrides(config, {
-      "model.width": 1, "data.eval_subset": 1000, "train.eval_batch_size": 500,
-      "train.steps_per_dispatch": 1, "train.log_every_steps": 20})
-
-
-_depth_width.label = "N-K (depth-width, e.g. 16-4)"
-PRESETS = {r"(\d+)-(\d+)": _depth_width, "smoke": _smoke, "sample": _sample, "quick": _quick}
+SMOKE = {
+    "model.depth": 10, "model.width": 1, "model.ghost_batch_size": 4,
+    "data.source": "synthetic", "data.synthetic_train_size": 256, "data.synthetic_test_size": 64,
+    "train.batch_size": 32, "train.epochs": 2.0, "train.eval_batch_size": 64,
+    "train.steps_per_dispatch": 4, "train.log_every_steps": 4}
+SAMPLE = {**SMOKE, "data.source": "folder", "data.path": SAMPLE_DIR, "train.epochs": 10.0,
+          "train.lr": 0.05, "train.schedule": "cosine", "train.eval_batch_size": 100}
+# The quick tier of the paper's tables (README "Check the paper's claims on a laptop"): width
+# 1, a fixed 1000-image test subset (evaluating all 10,000 images costs minutes at depth 100
+# on a CPU), one step per dispatch (XLA:CPU unrolls a dispatch's steps: k steps of a deep net
+# compile ~k times slower) and a progress line every 20 steps.
+QUICK = {"model.width": 1, "data.eval_subset": 1000, "train.eval_batch_size": 500,
+         "train.steps_per_dispatch": 1, "train.log_every_steps": 20}
+# Each preset declares the keys it sets: a sweep makes their values its knobs' defaults.
+PRESETS = {r"(\d+)-(\d+)": _depth_width, "smoke": cfg_lib.preset(overrides=SMOKE),
+           "sample": cfg_lib.preset(overrides=SAMPLE), "quick": cfg_lib.preset(overrides=QUICK)}
 
 
 def get_config(arg: str | None = None):

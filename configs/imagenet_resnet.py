@@ -45,21 +45,20 @@ from skipinit import config as cfg_lib
 DEPTHS = ("14", "26", "50", "101", "152", "200")
 
 
+@cfg_lib.preset("model.depth")
 def _depth(config, depth):
   config.model.depth = int(depth)
 
 
-def _smoke(config):
-  cfg_lib.apply_overrides(config, {
-      "model.depth": 14, "model.width": 0.125, "model.ghost_batch_size": 8,
-      "model.dtype": "float32", "model.num_classes": 10,
-      "data.source": "synthetic", "data.image_size": 64, "data.synthetic_train_size": 64,
-      "data.synthetic_test_size": 40, "data.num_workers": 2, "data.shuffle_buffer": 64,
-      "train.batch_size": 16, "train.eval_batch_size": 16, "train.epochs": 2.0,
-      "train.lr": 0.1, "train.warmup_epochs": 0.5, "train.log_every_steps": 2})
-
-
-PRESETS = {"(" + "|".join(DEPTHS) + ")": _depth, "smoke": _smoke}
+SMOKE = {
+    "model.depth": 14, "model.width": 0.125, "model.ghost_batch_size": 8,
+    "model.dtype": "float32", "model.num_classes": 10,
+    "data.source": "synthetic", "data.image_size": 64, "data.synthetic_train_size": 64,
+    "data.synthetic_test_size": 40, "data.num_workers": 2, "data.shuffle_buffer": 64,
+    "train.batch_size": 16, "train.eval_batch_size": 16, "train.epochs": 2.0,
+    "train.lr": 0.1, "train.warmup_epochs": 0.5, "train.log_every_steps": 2}
+# Each preset declares the keys it sets: a sweep makes their values its knobs' defaults.
+PRESETS = {"(" + "|".join(DEPTHS) + ")": _depth, "smoke": cfg_lib.preset(overrides=SMOKE)}
 
 
 def get_config(arg: str | None = None):

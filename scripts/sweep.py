@@ -31,7 +31,7 @@ import sys
 
 from absl import app, flags
 
-from skipinit import sweep as sweep_lib
+from skipinit import sweep as sweep_lib, values
 from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import SkipInitError
 
@@ -69,13 +69,7 @@ def _slurm_params(items):
     key, sep, value = item.partition("=")
     if not sep:
       raise sweep_lib.SweepError(f"--slurm_params item {item!r} is not key=value")
-    for convert in (int, float):
-      try:
-        value = convert(value)
-        break
-      except ValueError:
-        pass
-    params[key.strip()] = value
+    params[key.strip()] = values.parse(key.strip(), value, None)
   return params
 
 

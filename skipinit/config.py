@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from skipinit import values
 from skipinit.errors import ConfigError
 
 # The repository's configs/ folder (configs are files, not part of the installed package).
@@ -92,34 +93,6 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
   return c
 
 
-def _parse_value(key: str, text: str, default):
-  low = text.strip().lower()
-  if isinstance(default, bool) or (default is None and low in ("true", "false", "none")):
-    if low in ("true", "1", "yes"):
-      return True
-    if low in ("false", "0", "no"):
-      return False
-    if low == "none":
-      return None
-    raise ConfigError(f"{key}={text!r}: expected true or false")
-  if isinstance(default, int):
-    try:
-      return int(text)
-    except ValueError:
-      raise ConfigError(f"{key}={text!r}: expected an integer") from None
-  if isinstance(default, float):
-    try:
-      return float(text)
-    except ValueError:
-      raise ConfigError(f"{key}={text!r}: expected a number") from None
-  if isinstance(default, tuple):
-    try:
-      return tuple(float(v) for v in text.strip("()[] ").split(";") if v)
-    except ValueError:
-      raise ConfigError(f"{key}={text!r}: expected numbers separated by ';'") from None
-  return text
-
-
 def all_keys(config) -> list[str]:
   keys = []
   for section, sub in config.items():
@@ -149,7 +122,7 @@ def set_value(config, key: str, value) -> None:
   section, name = full.split(".")
   default = config[section][name]
   if isinstance(value, str):
-    value = _parse_value(full, value, default)
+    value = values.parse(full, value, default)
   elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   elif isinstance(default, str) and not isinstance(value, str):
@@ -171,18 +144,35 @@ def apply_arg(config, arg: str | None, presets: Mapping[str, Callable]) -> ml_co
     if "=" in item:
       key, value = item.split("=", 1)
       set_value(config, key.strip(), value.strip())
-      continue
-    for pattern, preset in presets.items():
-      match = re.fullmatch(pattern, item)
-      if match:
-        preset(config, *match.groups())
-        break
     else:
-      names = (getattr(p, "label", "") or re.sub(r"[()]", "", k).replace("|", ", ")
-               for k, p in presets.items())
-      raise ConfigError(f"unknown config argument {item!r}: use key=value or one of the presets "
-                        f"{', '.join(names)}")
+      preset_fn, groups = find_preset(item, presets)
+      preset_fn(config, *groups)
   return config
+
+
+def preset(*keys: str, label: str = "", overrides: Mapping | None = None):
+  """A preset of a config file's PRESETS that declares the keys it sets (a sweep takes their
+  values as its knobs' defaults) and, for a pattern, its name in help: `@preset("model.depth",
+  label="DEPTH")` on a function of (config, *the pattern's groups), or `preset(overrides={...})`."""
+  def declare(fn):
+    fn.keys, fn.label = keys + tuple(overrides or ()), label
+    return fn
+  return declare if overrides is None else declare(lambda c: apply_overrides(c, overrides))
+
+
+def preset_names(presets: Mapping[str, Callable]) -> list[str]:
+  return [getattr(p, "label", "") or re.sub(r"[()]", "", k).replace("|", ", ")
+          for k, p in presets.items()]
+
+
+def find_preset(item: str, presets: Mapping[str, Callable]) -> tuple[Callable, tuple]:
+  """The preset whose pattern (a key of `presets`) matches `item`, and the pattern's groups."""
+  for pattern, preset_fn in presets.items():
+    match = re.fullmatch(pattern, item)
+    if match:
+      return preset_fn, match.groups()
+  raise ConfigError(f"unknown config argument {item!r}: use key=value or one of the presets "
+                    f"{', '.join(preset_names(presets))}")
 
 
 def fit_ghost_batch(config) -> str | None:

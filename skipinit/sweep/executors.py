@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from skipinit import rundir
+from skipinit import rundir, values
 from skipinit.rundir import Status
 from skipinit.sweep import lock as run_lock
 from skipinit.sweep.spec import Run, SweepError
@@ -31,14 +31,6 @@ from skipinit.sweep.spec import Run, SweepError
 ATTEMPTS = "attempts.jsonl"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "scripts", "train.py")
-
-
-def _fmt_flag(value) -> str:
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, (list, tuple)):
-    return "(" + ",".join(map(str, value)) + ")"
-  return str(value)
 
 
 def train_command(config: str, config_arg: str, run_dir: str, overrides: dict,
@@ -50,7 +42,7 @@ def train_command(config: str, config_arg: str, run_dir: str, overrides: dict,
                      "mode (pip install -e .) and run from it")
   config_flag = f"--config={config}:{config_arg}" if config_arg else f"--config={config}"
   cmd = [sys.executable, script, config_flag, f"--workdir={run_dir}"]
-  cmd += [f"--config.{k}={_fmt_flag(v)}" for k, v in overrides.items()]
+  cmd += [f"--config.{k}={values.fmt(v)}" for k, v in overrides.items()]
   return cmd
 
 

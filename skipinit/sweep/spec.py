@@ -20,12 +20,11 @@ import dataclasses
 import importlib.util
 import inspect
 import json
-import math
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
-from skipinit import config as cfg_lib
+from skipinit import config as cfg_lib, values
 from skipinit.errors import ConfigError, SkipInitError
 from skipinit import rundir
 from skipinit.sweep import ladder, methods as methods_lib
@@ -97,44 +96,6 @@ def sibling_config(sweep_file: str, name: str) -> str:
 
 # ---------------------------------------------------------------------------------------- knobs
 
-def _convert(knob: str, text: str, default, whole: str | None = None):
-  """`text` as the type of `default`; `whole` is the knob's full value, for the error."""
-  try:
-    if isinstance(default, bool):
-      low = text.lower()
-      if low not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError
-      return low in ("true", "1", "yes")
-    if isinstance(default, int):
-      return int(text)
-    if isinstance(default, float):
-      return float(text)
-  except ValueError:
-    kind = ("true or false" if isinstance(default, bool) else "an integer"
-            if isinstance(default, int) else "a number")
-    where = f" (in {knob}={whole!r})" if whole not in (None, text) else ""
-    raise SweepError(f"sweep argument {knob}: {text!r} is not {kind}{where}") from None
-  return text
-
-
-def _parse_knob(knob: str, text: str, default):
-  if not isinstance(default, (tuple, list)):
-    return _convert(knob, text, default)
-  element = default[0] if len(default) else ""
-  # "lo:hi" is an inclusive integer range (exponents of a powers-of-2 grid); "a;b;c" a list.
-  if ":" in text and isinstance(element, int) and not isinstance(element, bool):
-    lo, _, hi = text.partition(":")
-    if ":" in hi:
-      raise SweepError(f"sweep argument {knob}={text!r}: a range is lo:hi (inclusive, step 1); "
-                       "list other values as a;b;c")
-    lo, hi = _convert(knob, lo, 0, text), _convert(knob, hi, 0, text)
-    if hi < lo:
-      raise SweepError(f"sweep argument {knob}={text!r}: empty range (use lo:hi with lo <= hi)")
-    return tuple(range(lo, hi + 1))
-  return tuple(_convert(knob, item.strip(), element, text) for item in text.split(";")
-               if item.strip())
-
-
 # The learning-rate search (issue 16), a knob of every sweep with a learning-rate axis (a function
 # with `lr_exps`), handled here rather than by each sweep: grid trains every rate of lr_exps
 # (exactly as before); ladder walks out from a centre and trains only the rates the search needs
@@ -169,7 +130,8 @@ def parse_arg(arg: str | None, fn: Callable) -> tuple[dict, list[str], dict]:
     elif "." in key:
       extra[key] = value
     elif key in params:
-      knobs[key] = _parse_knob(key, value, params[key])
+      knobs[key] = values.parse(key, value, params[key], where="sweep argument ",
+                                error=SweepError)
     else:
       raise SweepError(f"unknown sweep knob {key!r}; knobs of {fn.__name__}: {', '.join(params)} "
                        "(plus preset=NAME and full config keys like train.lr=0.1)")
@@ -185,33 +147,25 @@ PRESET_KNOBS = {"depths": "model.depth", "depth": "model.depth", "width": "model
 
 def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: str,
                         config_arg: str) -> dict:
-  """The PRESET_KNOBS values `presets` change, for the knobs of `fn` the argument does not give."""
+  """The PRESET_KNOBS values `presets` set (each declares its keys: cfg_lib.preset), for the knobs
+  of `fn` the argument does not give."""
   params = inspect.signature(fn).parameters
   wanted = [k for k in PRESET_KNOBS if k in params and k not in knobs]
   if not presets or not wanted:
     return {}
-  # Which keys the presets set, whatever the value (preset=16-4 sets depth 16, the base default
-  # too): the keys start at a value no preset writes, and the presets are applied over them.
-  unset = {"int": -987654321, "float": -987654321.5}
   try:
     module = cfg_lib.import_file(config)
-    probe = module.get_config(config_arg or None)
-    keys = {PRESET_KNOBS[k] for k in wanted}
-    for key in keys:
-      section, field = key.split(".")
-      probe[section][field] = unset[type(probe[section][field]).__name__]
-    cfg_lib.apply_arg(probe, ",".join(presets), module.PRESETS)
+    preset = module.get_config(",".join(filter(None, [config_arg, *presets])))
+    keys = {k for name in presets for k in cfg_lib.find_preset(name, module.PRESETS)[0].keys}
   except (ConfigError, AttributeError, KeyError) as e:
     raise SweepError(f"preset={';'.join(presets)}: {e}") from None
   derived = {}
-  for knob in wanted:
+  for knob in (k for k in wanted if PRESET_KNOBS[k] in keys):
     section, field = PRESET_KNOBS[knob].split(".")
-    value = probe[section][field]
-    if value not in unset.values():
-      default = params[knob].default
-      element = default[0] if isinstance(default, (tuple, list)) and default else default
-      value = type(element)(value)
-      derived[knob] = (value,) if isinstance(default, (tuple, list)) else value
+    default = params[knob].default
+    element = default[0] if isinstance(default, (tuple, list)) and default else default
+    value = type(element)(preset[section][field])
+    derived[knob] = (value,) if isinstance(default, (tuple, list)) else value
   return derived
 
 
@@ -294,17 +248,6 @@ def load_sweep(spec: str) -> dict:
 EXPONENT_KEYS = ("train.lr",)
 
 
-def _fmt(value: Any, key: str = "") -> str:
-  if isinstance(value, bool):
-    return "true" if value else "false"
-  if isinstance(value, float):
-    mantissa, exponent = math.frexp(value)
-    if key in EXPONENT_KEYS and mantissa == 0.5:
-      return f"2^{exponent - 1}"
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-  return str(value)
-
-
 def _abbrev(key: str) -> str:
   last = key.split(".")[-1]
   return ABBREV.get(last, last)
@@ -324,7 +267,8 @@ def _run_names(runs: list[tuple[str, dict]]) -> list[str]:
   def names(axes):
     out = []
     for method, o in runs:
-      parts = [_abbrev(k) + _fmt(o[k], k) for k in axes if k in o]
+      parts = [_abbrev(k) + values.fmt(o[k], "name", k in EXPONENT_KEYS)
+               for k in axes if k in o]
       suffix = re.sub(r"[^A-Za-z0-9_.+^-]", "-", "_".join(parts))
       out.append(f"{method}/{suffix}" if suffix else method)
     return out
@@ -614,17 +558,6 @@ KNOB_HELP = {
 SWEEPS_DIR = os.path.join(cfg_lib.CONFIG_DIR, "sweeps")
 
 
-def _fmt_default(value) -> str:
-  if isinstance(value, (tuple, list)):
-    if (len(value) > 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        and list(value) == list(range(value[0], value[-1] + 1))):
-      return f"{value[0]}:{value[-1]}"
-    return ";".join(_fmt_default(v) for v in value)
-  if isinstance(value, float):
-    return f"{value:g}"
-  return str(value)
-
-
 def _docstring_args(fn) -> dict:
   """{name: text} of a Google-style "Args:" section of `fn`'s docstring."""
   doc = inspect.getdoc(fn) or ""
@@ -648,11 +581,11 @@ def _docstring_args(fn) -> dict:
 def knob_help(fn) -> list[tuple[str, str, str]]:
   """(knob, default, meaning) of each knob of a sweep function, from its signature and docstring."""
   args = _docstring_args(fn)
-  out = [(name, _fmt_default(p.default), args.get(name) or KNOB_HELP.get(name, ""))
+  out = [(name, values.fmt(p.default, "help"), args.get(name) or KNOB_HELP.get(name, ""))
          for name, p in inspect.signature(fn).parameters.items()
          if p.default is not inspect.Parameter.empty]
   if has_lr_axis(fn):
-    out += [(k, "table" if k == "lr_climb" else _fmt_default(v), KNOB_HELP[k])
+    out += [(k, "table" if k == "lr_climb" else values.fmt(v, "help"), KNOB_HELP[k])
             for k, v in SEARCH_KNOBS.items()]
   return out
 
@@ -677,8 +610,7 @@ def describe_sweep(path: str) -> str:
   lines = [f"{portable_path(path)}  (table: {sweep['table']}; {len(sweep['runs'])} runs at the "
            "defaults)", f"  {title}", "  knobs (default, meaning):"]
   presets = getattr(module, "PRESETS", {})
-  names = [getattr(p, "label", "") or re.sub(r"[()]", "", k).replace("|", ", ")
-           for k, p in presets.items()]
+  names = cfg_lib.preset_names(presets)
   knobs = knob_help(fn)
   if names:
     knobs.append(("preset", "NAME", f"a preset of {os.path.basename(sweep['config'])}, its depth, "
