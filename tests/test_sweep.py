@@ -14,7 +14,8 @@ import threading
 import pytest
 
 from skipinit import sweep as sweep_lib
-from skipinit import rundir
+from skipinit import rundir, values
+from skipinit.errors import ConfigError
 from skipinit.sweep import executors, spec
 from skipinit.sweep.lock import RunLock, is_locked
 
@@ -132,6 +133,20 @@ def test_knobs_presets_and_config_overrides():
     spec.load_sweep(CHEAP_DEPTH + ",seeds=two")
   with pytest.raises(spec.SweepError, match="a range is lo:hi"):
     spec.load_sweep(CHEAP_DEPTH + ",lr_exps=-3:1:2")
+
+
+def test_one_parser_and_formatter_for_overrides_knobs_flags_and_names():
+  """skipinit.values reads config overrides, sweep knobs and --slurm_params, and writes the
+  trainers' flags, run names and help, with one error wording."""
+  assert values.parse("k", "-2:1", (0,)) == (-2, -1, 0, 1)
+  assert values.parse("k", "(0.1;0.2)", (0.5,)) == (0.1, 0.2)
+  assert values.parse("k", "yes", False) is True and values.parse("k", "none", None) is None
+  assert [values.parse("k", t, None) for t in ("8", "0.5", "gpu")] == [8, 0.5, "gpu"]
+  with pytest.raises(ConfigError, match=r"^train.seed: 'two' is not an integer$"):
+    values.parse("train.seed", "two", 0)
+  assert values.fmt((0.5, 0.75)) == "(0.5,0.75)" and values.fmt(False) == "false"
+  assert values.fmt(0.0625, "name", exponent=True) == "2^-4" and values.fmt(2.0, "name") == "2"
+  assert values.fmt((-6, -5, -4), "help") == "-6:-4" and values.fmt(200.0, "help") == "200"
 
 
 def test_a_preset_sets_the_knobs_the_sweep_would_set_over_it():

@@ -406,7 +406,7 @@ def search_of(m: dict) -> dict | None:
 def _search_text(m: dict) -> str:
   s = search_of(m)
   return ("lr_search=grid" if s is None else
-          f"lr_search=ladder,lr_patience={s['lr_patience']},lr_climb={str(s['lr_climb']).lower()}")
+          f"lr_search=ladder,lr_patience={s['lr_patience']},lr_climb={values.fmt(s['lr_climb'])}")
 
 
 def read_manifest(sweep_dir: str) -> dict:
