@@ -4,20 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from skipinit.data import sources
 from skipinit.train import loop, sharding, steps, train_and_evaluate
 
 
 def _count_dispatches(monkeypatch):
-  """Counts the dispatches the loop enqueues (DeviceData.train yields once per dispatch)."""
+  """Counts the dispatches the loop enqueues (each asks its data of DeviceData.train_args once)."""
   count = {"n": 0}
-  train = loop.DeviceData.train
+  train_args = sources.DeviceData.train_args
 
-  def counting(self, state, start, end):
-    for out in train(self, state, start, end):
-      count["n"] += 1
-      yield out
+  def counting(self, step, n):
+    count["n"] += 1
+    return train_args(self, step, n)
 
-  monkeypatch.setattr(loop.DeviceData, "train", counting)
+  monkeypatch.setattr(sources.DeviceData, "train_args", counting)
   return count
 
 
@@ -49,13 +49,12 @@ def test_the_steps_after_a_non_finite_one_are_skipped_on_the_device(cifar_config
   cfg = cifar_config("smoke,num_devices=1,steps_per_dispatch=2,image_size=8")
   mesh = sharding.make_mesh(1)
   exp = loop.build_experiment(cfg, mesh)
-  data = exp.data
   fresh = lambda: jax.tree.map(jnp.copy, exp.init_state())
-  healthy, flag = data._chunk_flagged(fresh(), *data.chunk_args(0, 2))
+  healthy, flag = exp.chunk_flagged(fresh(), *exp.dispatch_args(0, 2))
   assert int(healthy.step) == 2 and int(flag) == -1
   start = fresh().replace(first_bad_step=jnp.zeros((), jnp.int32))
   params = jax.device_get(start.params)
-  skipped, flag = data._chunk_flagged(start, *data.chunk_args(0, 2))
+  skipped, flag = exp.chunk_flagged(start, *exp.dispatch_args(0, 2))
   assert int(skipped.step) == 0 and int(flag) == 0 and float(skipped.count) == 0
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(skipped.params))):
     np.testing.assert_array_equal(a, b)
@@ -65,8 +64,8 @@ def test_the_flag_outlives_the_donated_state(cifar_config):
   # The loop reads a dispatch's flag after the state went (donated) into the next dispatch.
   cfg = cifar_config("smoke,num_devices=1,steps_per_dispatch=1,image_size=8")
   exp = loop.build_experiment(cfg, sharding.make_mesh(1))
-  state, flag = exp.data._chunk_flagged(exp.init_state(), *exp.data.chunk_args(0, 1))
-  state, _ = exp.data._chunk_flagged(state, *exp.data.chunk_args(1, 1))
+  state, flag = exp.chunk_flagged(exp.init_state(), *exp.dispatch_args(0, 1))
+  state, _ = exp.chunk_flagged(state, *exp.dispatch_args(1, 1))
   assert int(flag) == -1 and int(state.step) == 2
 
 
@@ -74,14 +73,13 @@ def test_a_streamed_run_that_diverges_stops_within_a_step(tmp_path, monkeypatch)
   # The ImageNet path (one step per dispatch, synthetic data: no TensorFlow needed).
   from conftest import load_config_module
   count = {"n": 0}
-  train = loop.StreamedData.train
+  train_args = sources.StreamedData.train_args
 
-  def counting(self, state, start, end):
-    for out in train(self, state, start, end):
-      count["n"] += 1
-      yield out
+  def counting(self, step, n):
+    count["n"] += 1
+    return train_args(self, step, n)
 
-  monkeypatch.setattr(loop.StreamedData, "train", counting)
+  monkeypatch.setattr(sources.StreamedData, "train_args", counting)
   cfg = load_config_module("imagenet_resnet").get_config(
       "smoke,num_devices=1,normalizer=none,lr=1e6,warmup_epochs=0,epochs=8,image_size=32,"
       "log_every_steps=1000,eval_every_epochs=100,checkpoint_every_epochs=100")

@@ -12,8 +12,7 @@ def _programs(cifar_config, arg):
   cfg = cifar_config("smoke,num_devices=1,steps_per_dispatch=2,image_size=8," + arg)
   exp = loop.build_experiment(cfg, sharding.make_mesh(1))
   state = exp.init_state()
-  fn, args, _ = exp.data.benchmark_dispatch(2)
-  return exp, state, fn.lower(state, *args).as_text()
+  return exp, state, exp.chunk.lower(state, *exp.dispatch_args(0, 2)).as_text()
 
 
 def test_learning_rate_and_seed_are_arguments_not_constants(cifar_config):
@@ -32,7 +31,7 @@ def test_the_step_scales_its_update_by_the_learning_rate(cifar_config):
   for lr in (0.05, 0.1):
     exp, state, _ = _programs(cifar_config, f"lr={lr},weight_decay=0,momentum=0,seed=0")
     before = jax.tree.map(np.asarray, state.params)
-    after, _ = exp.data._chunk_flagged(state, *exp.data.chunk_args(0, 1))
+    after, _ = exp.chunk_flagged(state, *exp.dispatch_args(0, 1))
     moves.append(jax.tree.map(lambda a, b: np.asarray(a) - b, after.params, before))
   for small, large in zip(jax.tree.leaves(moves[0]), jax.tree.leaves(moves[1])):
     # atol: the moves are differences of weights of magnitude ~1, exact to ~1e-7.

@@ -11,7 +11,8 @@ import pytest
 
 from skipinit import ConfigError, DataError
 from skipinit import rundir
-from skipinit.train import loop, train_and_evaluate
+from skipinit.data import sources
+from skipinit.train import loop, preemption, train_and_evaluate
 
 from conftest import ROOT, SAMPLE_DIR
 
@@ -43,10 +44,10 @@ def test_smoke_training_learns_and_writes_the_run_directory(cifar_config, tmp_pa
 
 
 class _StopAfter:
-  """Stands in for loop._Preemption: asks for a stop (as SIGTERM would) at the n-th boundary."""
+  """Stands in for loop.Preemption: asks for a stop (as SIGTERM would) at the n-th boundary."""
 
-  def __init__(self, n, signum=loop.signal.SIGTERM):
-    self.n, self.signum, self.reason = n, signum, loop._Preemption.SIGNALS[signum]
+  def __init__(self, n, signum=preemption.signal.SIGTERM):
+    self.n, self.signum, self.reason = n, signum, preemption.Preemption.SIGNALS[signum]
 
   def __call__(self):
     return self
@@ -73,7 +74,7 @@ def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
   full = train_and_evaluate(cfg, str(tmp_path / "full"))
   # status.json follows the run: the step of each checkpoint while running, then the end.
   assert statuses == [("running", 0), ("running", 16), ("completed", 24)]
-  monkeypatch.setattr(loop, "_Preemption", _StopAfter(5))
+  monkeypatch.setattr(loop, "Preemption", _StopAfter(5))
   first = train_and_evaluate(cfg, str(tmp_path / "resumed"))
   assert first["status"] == "running" and first["preempted"] and 0 < first["step"] < full["step"]
   monkeypatch.undo()
@@ -99,7 +100,7 @@ def test_resume_equals_uninterrupted(cifar_config, tmp_path, monkeypatch):
 
 def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
   import signal
-  with loop._Preemption() as preempt:
+  with preemption.Preemption() as preempt:
     assert not preempt.requested
     os.kill(os.getpid(), signal.SIGINT)
     assert preempt.requested and preempt.reason.startswith("Ctrl-C")
@@ -109,7 +110,7 @@ def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
   # A background job of a shell ignores SIGINT: it keeps ignoring it.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
-    with loop._Preemption():
+    with preemption.Preemption():
       assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
   finally:
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -117,7 +118,7 @@ def test_a_first_ctrl_c_stops_at_a_checkpoint_and_a_second_aborts():
 
 def test_a_ctrl_c_stop_is_checkpointed_and_marked_interrupted(cifar_config, tmp_path, monkeypatch):
   cfg = smoke(cifar_config, "epochs=2")
-  monkeypatch.setattr(loop, "_Preemption", _StopAfter(1, signum=loop.signal.SIGINT))
+  monkeypatch.setattr(loop, "Preemption", _StopAfter(1, signum=preemption.signal.SIGINT))
   first = train_and_evaluate(cfg, str(tmp_path))
   assert first["status"] == "running" and first["preempted"] and first["interrupted"]
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
@@ -360,9 +361,9 @@ def test_paper_halving_schedule(cifar_config):
 
 
 def test_an_eval_subset_is_fixed_recorded_and_never_mixed_with_the_whole_set(cifar_config, tmp_path):
-  subset = loop.eval_subset_indices(64, 16)
+  subset = sources.eval_subset_indices(64, 16)
   assert len(set(subset)) == 16 and list(subset) == sorted(subset) and subset.max() < 64
-  assert list(subset) == list(loop.eval_subset_indices(64, 16))  # the same for every run and seed
+  assert list(subset) == list(sources.eval_subset_indices(64, 16))  # the same for every run and seed
   status = train_and_evaluate(smoke(cifar_config, "epochs=1,eval_subset=16,seed=3"), str(tmp_path))
   data = json.load(open(tmp_path / rundir.DATA))
   assert data["eval_examples"] == 16 and data["test_examples"] == 64

@@ -174,8 +174,8 @@ def bench_row(row: Row, steps_per_dispatch: int = 8, max_dispatches: int = 20,
   cfg_lib.validate(config, num_devices=mesh.size)
   exp = loop.build_experiment(config, mesh)
   state = exp.init_state()
-  fn, args, examples = exp.data.benchmark_dispatch(config.train.steps_per_dispatch)
-  k = config.train.steps_per_dispatch
+  n, k = exp.steps_per_dispatch, config.train.steps_per_dispatch  # n: 1 on streamed data
+  fn, args, examples = exp.chunk, exp.dispatch_args(0, n), n * config.train.batch_size
   t0 = time.perf_counter()
   compiled = fn.lower(state, *args).compile()
   compile_s = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Pure step functions: train_step, a k-step on-device-data chunk, and evaluation (DESIGN.md style 1).
+"""Pure step functions: train_step, the dispatches around it (a k-step chunk over data held on
+device, one step on a streamed batch) and evaluation (DESIGN.md style 1).
 
 The train state is a flat pytree (checkpointed whole by orbax) that also carries the running sums
 of the training metrics and the first non-finite step, so that neither needs a host round-trip
@@ -145,6 +146,21 @@ def make_device_data_chunk(train_step, augment: Callable, batch_sharding) -> Cal
     return state
 
   return chunk
+
+
+def make_streamed_step(train_step, preprocess: Callable) -> Callable:
+  """(state, images, labels, run) -> state: one train step on a batch streamed from the host."""
+
+  def one_step(state, images, labels, run):
+    base_key, lr = run
+
+    def step(state):
+      rng = jax.random.fold_in(base_key, state.step)
+      return train_step(state, preprocess(images), labels, rng, lr)
+
+    return skip_if_diverged(step, state)
+
+  return one_step
 
 
 def make_eval_fn(model, num_classes: int, preprocess: Callable) -> Callable:
