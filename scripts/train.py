@@ -22,19 +22,19 @@ that Ctrl-C stopped there the same way (a second Ctrl-C aborts at once), 1 for a
 bad input (config, data, run directory), reported as one line.
 """
 
+import difflib
 import os
-import re
 import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from skipinit.errors import SkipInitError
+from skipinit import config as cfg_lib
+from skipinit.errors import ConfigError, SkipInitError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE.py:ARG.",
-                                          lock_config=True)
-flags.FLAGS["config"].default_as_str = None  # --help said "(default: 'None')" for a required flag
+_CONFIG = None  # --config's holder: defined by parse_flags_or_exit, with the config file loaded
+_CONFIG_GIVEN = False
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it exists).")
 _LIST_KEYS = flags.DEFINE_bool("list_keys", False, "Print every config key with its value and "
                                "meaning (of --config if given, else the defaults), and exit.")
@@ -74,22 +74,13 @@ def main(argv):
           "config file's ':' joined by commas (--config=configs/cifar10_wrn.py:smoke,lr=0.1) or "
           "as --config.train.lr=0.1", file=sys.stderr)
     return 2
-  if not _LIST_KEYS.value and not (flags.FLAGS["config"].present and _WORKDIR.value):
+  if not _LIST_KEYS.value and not (_CONFIG_GIVEN and _WORKDIR.value):
     print("error: --config and --workdir are required, e.g. --config=configs/cifar10_wrn.py:sample "
           "--workdir=runs/quickstart (--help explains them; --list_keys lists the config keys)",
           file=sys.stderr)
     return 2
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
-    config = _CONFIG.value
-    if config is None:  # --list_keys alone: the defaults
-      from skipinit import config as cfg_lib
-      config = cfg_lib.load_config_file("cifar10_wrn")
-    config.train  # the file is loaded lazily: a missing or broken one fails on first access
-  except Exception as e:  # the config file is user input: whatever it raises is bad input
-    print(f"error: {_config_error_line(e)}", file=sys.stderr)
-    return 2
-  from skipinit import config as cfg_lib
+  config = _CONFIG.value
   if _LIST_KEYS.value:
     print(cfg_lib.describe_keys(config))
     return 0
@@ -108,39 +99,53 @@ def main(argv):
   return 130 if status.get("interrupted") else 0  # Ctrl-C: checkpointed, but not done
 
 
-def _config_error_line(e: Exception) -> str:
-  # ml_collections re-raises a get_config error as text (traceback included), not as a cause.
-  text = str(e)
-  ours = re.findall(r"^skipinit\.errors\.\w+: (.*)$", text, flags=re.MULTILINE)
-  if ours:
-    return ours[-1]
-  missing = re.search(r"No such file or directory: '([^']+)'", text)
-  if missing:
-    return f"config file {missing.group(1)!r} does not exist"
-  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-  line = " ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else (lines or [""])[0]
-  return f"{type(e).__name__} in the config: {line}" if not isinstance(e, flags.Error) else line
+def load_config(spec: str | None):
+  """The config of --config=FILE[:ARG] (none: the defaults). A config file is user input: whatever
+  it raises is bad input, a ConfigError."""
+  path, colon, arg = (spec or "cifar10_wrn").partition(":")
+  try:
+    return cfg_lib.load_config_file(path, arg if colon else None)
+  except SkipInitError:
+    raise
+  except Exception as e:
+    raise ConfigError(f"{type(e).__name__} in the config: {e}") from None
 
 
-def _unknown_override_line(e: Exception, argv) -> str:
-  """A --config.SECTION.KEY=V flag that names no key: which flag, and what ml_collections suggests."""
-  text = " ".join(re.sub(r"""\\n|[\\'"]""", " ", str(e.args[0] if e.args else e)).split())
-  key = re.match(r"(\w+)", text)
-  flags_given = [a for a in argv[1:] if a.startswith("--config.")]
-  bad = [a for a in flags_given if key and re.search(rf"\.{key.group(1)}(=|$)", a)] or flags_given
-  return (f"{' '.join(bad)} names no config key ({text}): overrides are "
-          "--config.SECTION.KEY=VALUE with SECTION one of model, data, train")
+def _check_overrides(config, argv) -> None:
+  """Each --config.SECTION.KEY=V names a key (ml_collections would raise a traceback's text)."""
+  for a in argv[1:]:
+    path = a[len("--config."):].split("=", 1)[0].split(".") if a.startswith("--config.") else []
+    if path and path[0] not in config:
+      name = path[0]
+    elif len(path) > 1 and path[1] not in config[path[0]]:
+      close = difflib.get_close_matches(path[1], list(config[path[0]].keys()), n=1)
+      name = path[1] + (f" Did you mean {close[0]} instead of {path[1]} ?" if close else "")
+    else:
+      continue
+    raise ConfigError(f"{a} names no config key ({name}): overrides are "
+                      "--config.SECTION.KEY=VALUE with SECTION one of model, data, train")
 
 
 def parse_flags_or_exit(argv):
-  """absl's flag parsing, with a bad config (raised inside the --config flag) as one line, exit 2."""
+  """Loads --config=FILE[:ARG] (the flag then holds its config, to which ml_collections applies
+  the --config.SECTION.KEY=V flags), then parses the flags; bad input is one line, exit 2."""
+  global _CONFIG, _CONFIG_GIVEN
+  spec, rest, args = None, [], iter(argv)
+  for a in args:  # (the last --config counts, as for any flag)
+    if a == "--config" or a.startswith("--config="):
+      spec = a.partition("=")[2] if "=" in a else next(args, "")
+    else:
+      rest.append(a)
+  _CONFIG_GIVEN = spec is not None
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    line = _config_error_line(e)
-  except (AttributeError, KeyError) as e:  # raised by ml_collections for --config.no.such=key
-    line = _unknown_override_line(e, argv)
-  print(f"error: {line}", file=sys.stderr)
+    config = load_config(spec)
+    _check_overrides(config, rest)
+    _CONFIG = config_flags.DEFINE_config_dict("config", config, "Config file and argument: "
+                                              "FILE.py:ARG.", lock_config=True, sys_argv=rest)
+    flags.FLAGS["config"].default_as_str = None  # --help showed the whole default config
+    return flags.FLAGS(rest)
+  except (SkipInitError, flags.Error) as e:
+    print(f"error: {e}", file=sys.stderr)
   sys.exit(2)
 
 
