@@ -184,8 +184,10 @@ def fit_ghost_batch(config) -> str | None:
   device count (the trainer then uses the devices the batch splits over in whole ghost batches).
   The batch-size sweep has always set min(64, batch) itself, so its runs are unchanged.
   """
+  from skipinit import models  # the model zoo owns the ghost-batch rule
+
   m, batch = config.model, config.train.batch_size
-  if m.normalizer != "batchnorm" or not 0 < batch < m.ghost_batch_size:
+  if not 0 < batch < models.ghost_batch(m):
     return None
   ghost, m.ghost_batch_size = m.ghost_batch_size, batch
   return (f"model.ghost_batch_size={ghost} is larger than train.batch_size={batch}: BatchNorm "
@@ -194,7 +196,7 @@ def fit_ghost_batch(config) -> str | None:
 
 def validate(config, num_devices: int | None = None) -> None:
   """Checks a whole config before anything is written; raises ConfigError with one clear line."""
-  from skipinit.models import validate_model_config  # the model zoo owns the model checks
+  from skipinit import models  # the model zoo owns the model checks
 
   t = config.train
   if t.batch_size <= 0:
@@ -206,14 +208,8 @@ def validate(config, num_devices: int | None = None) -> None:
           f"train.batch_size={t.batch_size} is not divisible by the {num_devices} devices: use a "
           f"multiple of {num_devices} (or set train.num_devices)")
     per_device = t.batch_size // num_devices
-  validate_model_config(config.model, per_device)
-  ghost = config.model.ghost_batch_size
-  if config.model.normalizer == "batchnorm" and ghost and t.batch_size % ghost:
-    raise ConfigError(f"train.batch_size={t.batch_size} is not a multiple of "
-                      f"model.ghost_batch_size={ghost} (BatchNorm's statistics come from ghost "
-                      f"batches of that size): use a batch size that is a multiple of {ghost}, "
-                      f"or model.ghost_batch_size={math.gcd(t.batch_size, ghost)}, which divides "
-                      f"it (a ghost batch larger than the batch is the whole batch)")
+  models.validate_model_config(config.model, per_device)
+  models.check_ghost_batch(config.model, t.batch_size, per_device=False)
   if t.schedule not in SCHEDULES:
     raise ConfigError(f"train.schedule={t.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")
   if t.optimizer not in OPTIMIZERS:
@@ -242,7 +238,7 @@ def validate(config, num_devices: int | None = None) -> None:
       ("step_factor", 0 < t.step_factor < math.inf, "a positive finite number"),
       ("agc_eps", 0 < t.agc_eps < math.inf, "a positive finite number"),
       ("fixup_scalar_lr_mult", 0 <= t.fixup_scalar_lr_mult < math.inf, "a finite number >= 0"),
-      ("fixup_scalar_lr", _fixup_scalar_lr_ok(t.get("fixup_scalar_lr", "relative")),
+      ("fixup_scalar_lr", _fixup_scalar_lr_ok(t.fixup_scalar_lr),
        "'relative' (train.lr x train.fixup_scalar_lr_mult), 'off' (train.lr, as DeepMind's "
        "code), or a number >= 0 (a fixed peak lr, as the official code's base_lr/10 = 0.01)"),
       ("epochs", 0 < t.epochs < math.inf, "a positive finite number"),

@@ -3,9 +3,10 @@
 Families (PAPER.md section 2):
   wrn        pre-activation Wide-ResNet for CIFAR, depth 6N+4, widths 16k/32k/64k.
   resnet_v2  pre-activation bottleneck ResNet for ImageNet (50, 101, ...; 14 and 26 for tests).
-Variants (PAPER.md section 3): `model.normalizer` in batchnorm | skipinit | fixup | none |
-sqrt2_merge | nf; see `skipinit.models.recipes`.
+Variants (PAPER.md section 3): `model.normalizer`, one row of `skipinit.models.recipes.RECIPES` each.
 """
+
+import math
 
 import jax.numpy as jnp
 
@@ -48,54 +49,60 @@ def stage_specs(model_config) -> tuple[StageSpec, ...]:
   raise ConfigError(f"model.name={name!r} is unknown: use one of {', '.join(FAMILIES)}")
 
 
-def validate_model_config(model_config, per_device_batch: int | None = None) -> None:
-  """Raises ConfigError with one clear sentence for anything build_model would reject."""
-  stages = stage_specs(model_config)
-  make_recipe(model_config, sum(s.num_blocks for s in stages))
-  if model_config.get("dtype", "float32") not in DTYPES:
-    raise ConfigError(f"model.dtype={model_config.dtype!r} is unknown: use one of "
-                      f"{', '.join(DTYPES)}")
-  residual = model_config.get("residual_dtype", "float32")
-  if residual not in DTYPES:
-    raise ConfigError(f"model.residual_dtype={residual!r} is unknown: use one of "
-                      f"{', '.join(DTYPES)}")
-  if DTYPES[residual](0).itemsize < DTYPES[model_config.get("dtype", "float32")](0).itemsize:
-    raise ConfigError(f"model.residual_dtype={residual} is narrower than "
-                      f"model.dtype={model_config.dtype}: the residual stream must be at least as "
+def ghost_batch(model_config) -> int:
+  """Examples per BatchNorm statistic (model.ghost_batch_size); 0: the whole batch, or no BN."""
+  return model_config.ghost_batch_size if model_config.normalizer == "batchnorm" else 0
+
+
+def check_ghost_batch(model_config, batch: int, per_device: bool = True) -> None:
+  """The ghost-batch check: BatchNorm's statistics come from whole ghost batches of every device's
+  batch (`per_device`) or of the global batch, so that they do not depend on the device count."""
+  ghost = ghost_batch(model_config)
+  if ghost < 0:
+    raise ConfigError(f"model.ghost_batch_size={ghost} must be >= 0 (0 = the whole batch)")
+  if not ghost or not batch % ghost:
+    return
+  if per_device:
+    raise ConfigError(
+        f"model.ghost_batch_size={ghost} does not divide the per-device batch of {batch} "
+        "examples: choose a ghost size that divides it, or a batch size that is a multiple of "
+        "ghost_batch_size x number of devices")
+  raise ConfigError(f"train.batch_size={batch} is not a multiple of model.ghost_batch_size={ghost} "
+                    f"(BatchNorm's statistics come from ghost batches of that size): use a batch "
+                    f"size that is a multiple of {ghost}, or model.ghost_batch_size="
+                    f"{math.gcd(batch, ghost)}, which divides it (a ghost batch larger than the "
+                    "batch is the whole batch)")
+
+
+def validate_model_config(model_config, per_device_batch: int | None = None):
+  """Raises ConfigError with one clear sentence for anything build_model would reject; returns
+  what it builds: (stages, stem features, recipe)."""
+  m = model_config
+  stages = stage_specs(m)
+  stem = int(64 * float(m.width)) if m.name == "resnet_v2" else 16
+  widths = sorted({stem} | {f for s in stages for f, _, _ in s.convs(1)})  # what the norms see
+  recipe = make_recipe(m, sum(s.num_blocks for s in stages), widths)
+  for key in ("dtype", "residual_dtype"):
+    if m[key] not in DTYPES:
+      raise ConfigError(f"model.{key}={m[key]!r} is unknown: use one of {', '.join(DTYPES)}")
+  if DTYPES[m.residual_dtype](0).itemsize < DTYPES[m.dtype](0).itemsize:
+    raise ConfigError(f"model.residual_dtype={m.residual_dtype} is narrower than "
+                      f"model.dtype={m.dtype}: the residual stream must be at least as "
                       "precise as the branches (use residual_dtype=float32)")
-  rate = model_config.get("dropout_rate", 0.0)
-  if not 0.0 <= rate < 1.0:
-    raise ConfigError(f"model.dropout_rate={rate!r} must be in [0, 1)")
-  ghost = model_config.get("ghost_batch_size", 0) or 0
-  if model_config.normalizer == "batchnorm":
-    if ghost < 0:
-      raise ConfigError(f"model.ghost_batch_size={ghost} must be >= 0 (0 = the whole batch)")
-    if per_device_batch is not None and ghost and per_device_batch % ghost:
-      raise ConfigError(
-          f"model.ghost_batch_size={ghost} does not divide the per-device batch of "
-          f"{per_device_batch} examples: choose a ghost size that divides it, or a batch size that "
-          "is a multiple of ghost_batch_size x number of devices")
+  if not 0.0 <= m.dropout_rate < 1.0:
+    raise ConfigError(f"model.dropout_rate={m.dropout_rate!r} must be in [0, 1)")
+  check_ghost_batch(m, per_device_batch or 0)
+  return stages, stem, recipe
 
 
 def build_model(model_config) -> ResNet:
   """The flax module a `model` config describes; `module.apply(v, images_nhwc, train=...)` -> logits."""
-  validate_model_config(model_config)
-  stages = stage_specs(model_config)
-  recipe = make_recipe(model_config, sum(s.num_blocks for s in stages))
-  imagenet = model_config.name == "resnet_v2"
-  return ResNet(
-      stages=stages,
-      recipe=recipe,
-      num_classes=model_config.get("num_classes", 1000 if imagenet else 10),
-      stem_features=int(64 * float(model_config.width)) if imagenet else 16,
-      imagenet_stem=imagenet,
-      dropout_rate=float(model_config.get("dropout_rate", 0.0)),
-      remat=bool(model_config.get("remat", False)),
-      scan_unroll=int(model_config.get("scan_unroll", 0)),
-      fused_bn=bool(model_config.get("fused_bn", True)),
-      dtype=DTYPES[model_config.get("dtype", "float32")],
-      residual_dtype=DTYPES[model_config.get("residual_dtype", "float32")],
-  )
+  m = model_config
+  stages, stem, recipe = validate_model_config(m)
+  return ResNet(stages=stages, recipe=recipe, num_classes=m.num_classes, stem_features=stem,
+                imagenet_stem=m.name == "resnet_v2", dropout_rate=float(m.dropout_rate),
+                remat=bool(m.remat), scan_unroll=int(m.scan_unroll), dtype=DTYPES[m.dtype],
+                residual_dtype=DTYPES[m.residual_dtype])
 
 
 def num_residual_blocks(model_config) -> int:
@@ -103,6 +110,6 @@ def num_residual_blocks(model_config) -> int:
   return sum(s.num_blocks for s in stage_specs(model_config))
 
 
-__all__ = ["build_model", "validate_model_config", "num_residual_blocks", "stage_specs",
+__all__ = ["build_model", "validate_model_config", "check_ghost_batch", "ghost_batch", "num_residual_blocks", "stage_specs",
            "wrn_blocks_per_stage", "Recipe", "RECIPES", "make_recipe", "parse_alpha_init",
            "PreActBlock", "ResNet", "StageSpec", "FAMILIES", "DTYPES"]

@@ -82,9 +82,7 @@ class GhostBatchNorm(nn.Module):
       return nn.relu(y) if self.relu else y
 
     batch = x.shape[0]
-    ghost = self.ghost_batch_size or batch
-    if batch % ghost:
-      raise ValueError(f"ghost batch size {ghost} does not divide the batch of {batch} examples")
+    ghost = self.ghost_batch_size or batch  # it divides the batch: models.check_ghost_batch
     bn = ghost_batch_norm if self.fused else _ghost_batch_norm_forward
     y, mean, var = bn(x.astype(self.dtype), scale, bias, ghost, self.epsilon, self.relu)
     if not self.is_initializing():

@@ -1,18 +1,23 @@
 """Residual "recipes": what each normalizer variant of PAPER.md section 3 changes in a residual block.
 
 One generic pre-activation block (`skipinit.models.resnet.PreActBlock`) reads its variant from a
-`Recipe`: whether it normalizes, how the branch is scaled before it joins the skip path, how the
-branch convs are initialized, and where biases go. The variants are `functools.partial` aliases of
-`Recipe`, so adding one is a line here, not a copy of the network.
+`Recipe`: its normalization layer (a module factory, as flax's ResNet example injects `norm`),
+how the branch is scaled before it joins the skip path, how the convs are initialized, where
+biases go, and which parameters train at their own learning rate. A variant is one row of
+`RECIPES`, its `Recipe` alias and the config keys it reads, so adding one is a row here, not a
+branch in the network or the trainer.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
+import flax.linen as nn
+
+from skipinit import config as config_lib
 from skipinit.errors import ConfigError
-from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS
+from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS, GhostBatchNorm
 
 NF_ACTIVATION_GAIN = 1.7139588594436646  # ReLU gain of NF-ResNets: 1/sqrt(E[relu(z)^2] - E[relu(z)]^2)
 
@@ -22,9 +27,10 @@ class Recipe:
   """How a residual block of one variant is built. Defaults: the plain unnormalized ResNet."""
 
   name: str
-  # BatchNorm before every activation (pre-activation order) and before the head.
-  batchnorm: bool = False
-  ghost_batch_size: int = 0
+  # The norm before every activation (pre-activation order) and before the head, or None: a flax
+  # module factory called as norm(use_running_average=, relu=True, dtype=, name=), whose module
+  # applies the norm and the ReLU (GhostBatchNorm fuses them into one op).
+  norm: Optional[Callable[..., nn.Module]] = None
   # Biases in the block convs (the stem conv never has one).
   conv_bias: bool = False
   # A learnable scalar gain on the residual branch: out = skip + branch_multiplier * gain * branch.
@@ -33,17 +39,20 @@ class Recipe:
   branch_multiplier: float = 1.0
   # out = out_scale * (skip + branch): 1/sqrt(2) for the variance-preserving merge.
   out_scale: float = 1.0
-  # Fixup (Zhang et al. 2019): scalar biases before convs/activations/classifier and a branch bias;
-  # last branch conv zero, the others N(0, 2/fan_out) scaled by L^(-1/(2m-2)) in std, as in the
-  # official code. By default it runs in the same pre-activation block as every other variant
-  # here, so that the tables compare initializations and normalizers on one architecture;
-  # `post_activation` builds the reference code's network instead (relu after the sum, a biased
-  # relu after the stem, no activation before the pool).
-  # `fixup_init`: "" (He init), "full" (Fixup's), or the SkipInit paper's ablations of it [2nd]:
-  # "zero_only" (last conv zero, no rescale) and "rescale_only" (every conv rescaled, none zero).
+  # Fixup (Zhang et al. 2019): scalar biases before convs/activations/classifier and a branch bias,
+  # in the same pre-activation block as every other variant, so that the tables compare
+  # initializations and normalizers on one architecture; `post_activation` builds the reference
+  # code's network instead (relu after the sum, a biased relu after the stem, no activation before
+  # the pool). `fixup_init` names its conv init (`fixup_conv_inits`): "full", or one of the
+  # SkipInit paper's ablations of it [2nd], "zero_only" and "rescale_only".
   scalar_biases: bool = False
   fixup_init: str = ""
   post_activation: bool = False
+  # The block convs' init where the variant has its own: conv_inits(i, m, d) for conv i of a
+  # branch of m (-1: the projection shortcut) in a network of d blocks. None: `conv_init`.
+  conv_inits: Optional[Callable[[int, int, int], Callable]] = None
+  # The parameters (a predicate on their path) trained at train.fixup_scalar_lr's rate.
+  scalar_lr_group: Optional[Callable[[tuple], bool]] = None
   # Initializers (layers.CONV_INITS, layers.CLASSIFIER_INITS). Convs: He by default for every
   # variant (README "Numerics and defaults"); "fan_in" is Haiku's default, which DeepMind's code
   # keeps. Classifier: as DeepMind's code for SkipInit, Fixup (zeros) and NF-ResNets (N(0, 0.01^2));
@@ -58,26 +67,43 @@ class Recipe:
   track_variance: bool = False
 
 
-BatchNorm = functools.partial(Recipe, name="batchnorm", batchnorm=True)
+def fixup_conv_inits(half: str):
+  """Fixup's convs as its official code (and DeepMind's): a plain normal on the fan-out, the
+  branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std, the projection
+  N(0, 2/fan_out). Its ablations keep one half: the zero (others unscaled), or the rescale (of
+  every conv, the last one included)."""
+  zero_last, rescale = half in ("full", "zero_only"), half in ("full", "rescale_only")
+  fan_out_normal = functools.partial(nn.initializers.variance_scaling, mode="fan_out",
+                                     distribution="normal")  # not He's fan-in
+
+  def init(i: int, m: int, num_blocks: int):
+    if i < 0:
+      return fan_out_normal(2.0)
+    if zero_last and i == m - 1:
+      return nn.initializers.zeros
+    return fan_out_normal(2.0 * num_blocks ** (-1.0 / (m - 1)) if rescale else 2.0)
+  return init
+
+
+def fixup_scalars(path: tuple) -> bool:
+  """Fixup's scalar biases (named *_bias), branch multipliers (`scale`) and the classifier's bias:
+  the official code's optimizer puts every parameter named *bias* or *scale* in its base_lr/10
+  group, the linear layer's bias included."""
+  return path[-1].endswith("_bias") or path[-1] == "scale" or path == ("classifier", "bias")
+
+
+BatchNorm = functools.partial(Recipe, name="batchnorm", norm=GhostBatchNorm)
 SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name="alpha",
                              gain_init=0.0, classifier_init="zeros")
 Fixup = functools.partial(Recipe, name="fixup", gain_name="scale", gain_init=1.0,
-                          scalar_biases=True, fixup_init="full", classifier_init="zeros")
+                          scalar_biases=True, classifier_init="zeros",
+                          scalar_lr_group=fixup_scalars)
 NoNorm = functools.partial(Recipe, name="none", conv_bias=True)
 Sqrt2Merge = functools.partial(Recipe, name="sqrt2_merge", conv_bias=True, out_scale=1 / math.sqrt(2))
-NFNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain", gain_init=0.0,
-                          branch_multiplier=0.2, classifier_init="normal_0.01",
-                          weight_standardization=True, activation_gain=NF_ACTIVATION_GAIN,
-                          track_variance=True)
-
-RECIPES = {
-    "batchnorm": BatchNorm,
-    "skipinit": SkipInit,
-    "fixup": Fixup,
-    "none": NoNorm,
-    "sqrt2_merge": Sqrt2Merge,
-    "nf": NFNet,
-}
+NFResNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain",
+                             gain_init=0.0, branch_multiplier=0.2, classifier_init="normal_0.01",
+                             weight_standardization=True, activation_gain=NF_ACTIVATION_GAIN,
+                             track_variance=True)
 NAMED_ALPHAS = ("0", "inv_sqrt_d", "1")
 FIXUP_INITS = ("full", "zero_only", "rescale_only")
 
@@ -95,46 +121,61 @@ def parse_alpha_init(value, num_blocks: int) -> float:
         "or a number") from None
 
 
-def make_recipe(model_config, num_blocks: int) -> Recipe:
-  """The recipe a model config selects; `num_blocks` is d, the number of residual blocks."""
-  name = model_config.normalizer
+def _choice(m, key: str, allowed, hint: str = "") -> str:
+  value = str(m[key])
+  if value not in allowed:
+    raise ConfigError(f"model.{key}={value!r} is unknown: use one of {', '.join(allowed)}{hint}")
+  return value
+
+
+class Variant(NamedTuple):
+  """A row of `RECIPES`: the variant's `Recipe` alias; fields(model config, d, widths), the Recipe
+  fields its config keys set (d: residual blocks; widths: the channel counts the norms see); and
+  the model.<key>s only it implements, which the others refuse away from their defaults."""
+
+  recipe: Callable[..., Recipe]
+  fields: Callable[[object, int, Sequence[int]], dict] = lambda m, d, widths: {}
+  own_keys: tuple[str, ...] = ()
+
+
+def _fixup(m, half):
+  return {"fixup_init": half, "conv_inits": fixup_conv_inits(half),
+          "post_activation": bool(m.post_activation)}
+
+
+# model.normalizer -> its row; the error for an unknown one lists them in this order.
+RECIPES = {
+    "batchnorm": Variant(BatchNorm, lambda m, d, widths: {"norm": functools.partial(
+        GhostBatchNorm, ghost_batch_size=int(m.ghost_batch_size), fused=bool(m.fused_bn))}),
+    "fixup": Variant(Fixup, lambda m, d, widths: _fixup(m, _choice(m, "fixup_init", FIXUP_INITS)),
+                     own_keys=("fixup_init", "post_activation")),
+    "nf": Variant(NFResNet, lambda m, d, widths: {"branch_multiplier": float(m.nf_alpha),
+                                                  "gain_init": float(m.nf_skip_gain_init)}),
+    "none": Variant(NoNorm),
+    "skipinit": Variant(SkipInit, lambda m, d, widths: {
+        "gain_init": parse_alpha_init(m.alpha_init, d)}),
+    "sqrt2_merge": Variant(Sqrt2Merge),
+}
+
+
+def make_recipe(model_config, num_blocks: int, widths: Sequence[int] = ()) -> Recipe:
+  """The recipe a model config selects; `num_blocks` is d, the number of residual blocks, and
+  `widths` the channel counts its norms see (for norms that constrain them)."""
+  m, name = model_config, model_config.normalizer
   if name not in RECIPES:
-    raise ConfigError(
-        f"model.normalizer={name!r} is unknown: use one of {', '.join(sorted(RECIPES))}")
-  overrides = {}
-  if name == "batchnorm":
-    overrides["ghost_batch_size"] = int(model_config.get("ghost_batch_size", 0) or 0)
-  if name == "skipinit":
-    overrides["gain_init"] = parse_alpha_init(model_config.get("alpha_init", "0"), num_blocks)
-  if name == "nf":
-    overrides["branch_multiplier"] = float(model_config.get("nf_alpha", 0.2))
-    overrides["gain_init"] = float(model_config.get("nf_skip_gain_init", 0.0))
-  fixup_init = str(model_config.get("fixup_init", "full"))
-  if fixup_init not in FIXUP_INITS:
-    raise ConfigError(f"model.fixup_init={fixup_init!r} is unknown: use one of "
-                      f"{', '.join(FIXUP_INITS)}")
-  if name == "fixup":
-    overrides["fixup_init"] = fixup_init
-  elif fixup_init != "full":
-    raise ConfigError(f"model.fixup_init={fixup_init!r} applies to model.normalizer='fixup' only, "
-                      f"not to {name!r}")
-  conv_bias = model_config.get("conv_bias", None)
-  if conv_bias is not None:
-    overrides["conv_bias"] = bool(conv_bias)
-  conv_init = str(model_config.get("conv_init", "he"))
-  if conv_init not in CONV_INITS:
-    raise ConfigError(f"model.conv_init={conv_init!r} is unknown: use one of {', '.join(CONV_INITS)} "
-                      "(he: variance 2/fan_in; fan_in: Haiku's default, as DeepMind's code)")
-  overrides["conv_init"] = conv_init
-  classifier_init = str(model_config.get("classifier_init", "") or "")
-  if classifier_init:  # "": the variant's own (Recipe.classifier_init)
-    if classifier_init not in CLASSIFIER_INITS:
-      raise ConfigError(f"model.classifier_init={classifier_init!r} is unknown: use one of "
-                        f"{', '.join(CLASSIFIER_INITS)}, or '' for the variant's default")
-    overrides["classifier_init"] = classifier_init
-  if model_config.get("post_activation", False):
-    if name != "fixup":
-      raise ConfigError(f"model.post_activation=true is implemented for fixup only (its reference "
-                        f"code is post-activation), not for model.normalizer={name!r}")
-    overrides["post_activation"] = True
-  return RECIPES[name](**overrides)
+    raise ConfigError(f"model.normalizer={name!r} is unknown: use one of {', '.join(RECIPES)}")
+  defaults = config_lib.base_config().model
+  for owner, row in RECIPES.items():
+    for key in (k for k in row.own_keys if owner != name and m[k] != defaults[k]):
+      shown = str(m[key]).lower() if isinstance(m[key], bool) else repr(m[key])
+      raise ConfigError(f"model.{key}={shown} is implemented for {owner} only (a key of "
+                        f"model.normalizer='{owner}' only), not for model.normalizer={name!r}")
+  fields = RECIPES[name].fields(m, num_blocks, widths)
+  if m.conv_bias is not None:
+    fields["conv_bias"] = bool(m.conv_bias)
+  fields["conv_init"] = _choice(m, "conv_init", CONV_INITS, " (he: variance 2/fan_in; fan_in: "
+                                "Haiku's default, as DeepMind's code)")
+  if m.classifier_init:  # "": the variant's own (Recipe.classifier_init)
+    fields["classifier_init"] = _choice(m, "classifier_init", CLASSIFIER_INITS,
+                                        ", or '' for the variant's default")
+  return RECIPES[name].recipe(**fields)

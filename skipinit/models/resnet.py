@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS, GhostBatchNorm, WSConv, relu
+from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS, WSConv, relu
 from skipinit.models.recipes import Recipe
 
 Dtype = Any
@@ -46,20 +46,8 @@ def _channel_mean_batch_var(x):
   return jnp.mean(jnp.var(x, axis=tuple(range(x.ndim - 1))))
 
 
-def _fan_out_normal(scale: float):
-  """N(0, scale / fan_out): the init Fixup's reference code gives its convs (not He's fan-in)."""
-  return nn.initializers.variance_scaling(scale, "fan_out", "normal")
-
-
 class _RecipeMixin:
   """Builds the parts a recipe decides: norms, activations, convs and scalar biases."""
-
-  def norm(self, x, name, train, fuse_relu=False):
-    r: Recipe = self.recipe
-    if not r.batchnorm:
-      return x
-    return GhostBatchNorm(use_running_average=not train, ghost_batch_size=r.ghost_batch_size,
-                          dtype=x.dtype, relu=fuse_relu, fused=self.fused_bn, name=name)(x)
 
   def scalar_bias(self, x, name):
     if not self.recipe.scalar_biases:
@@ -67,24 +55,25 @@ class _RecipeMixin:
     return x + self.param(name, nn.initializers.zeros, (), jnp.float32).astype(x.dtype)
 
   def activate(self, x, name, train, scale=None, dtype=None):
-    """relu(norm(x) + fixup bias) * NF gain [* scale]: every activation of the network, computed
-    in `dtype` (default: the compute dtype; x is cast first, so BN saves it in that dtype).
+    """relu(norm(x) or x + fixup bias) * NF gain [* scale]: every activation of the network,
+    computed in `dtype` (default: the compute dtype; x is cast first, so BN saves it in that dtype).
 
-    Each form saves as little as it can for the backward pass. BN and the ReLU are one op with a
-    hand-written VJP (`layers.ghost_batch_norm`). Without BN, `layers.relu` takes its mask from its
-    output, which the next conv saves anyway; the NF gain and beta (> 0) are applied before it,
-    the same numbers, so that its output is the conv's input. A Fixup bias follows every
-    activation, so the conv's input is another array: jax's relu, whose 1-byte mask is cheaper.
+    Each form saves as little as it can for the backward pass. The recipe's norm applies the ReLU
+    too: BN and the ReLU are one op with a hand-written VJP (`layers.ghost_batch_norm`). Without a
+    norm, `layers.relu` takes its mask from its output, which the next conv saves anyway; the NF
+    gain and beta (> 0) are applied before it, the same numbers, so that its output is the conv's
+    input. A Fixup bias follows every activation, so the conv's input is another array: jax's
+    relu, whose 1-byte mask is cheaper.
     """
     r: Recipe = self.recipe
     x = x.astype(dtype or self.dtype)
     factor = None  # the NF gain times beta, both > 0
     if r.activation_gain != 1.0 or scale is not None:
       factor = jnp.asarray(r.activation_gain, jnp.float32) * (1.0 if scale is None else scale)
-    if r.scalar_biases:
-      y = nn.relu(self.scalar_bias(self.norm(x, name, train), f"{name}_bias"))
-    elif r.batchnorm:
-      y = self.norm(x, name, train, fuse_relu=True)
+    if r.norm:
+      y = r.norm(use_running_average=not train, relu=True, dtype=x.dtype, name=name)(x)
+    elif r.scalar_biases:
+      y = nn.relu(self.scalar_bias(x, f"{name}_bias"))
     else:
       return relu(x if factor is None else x * factor.astype(x.dtype))
     return y if factor is None else y * factor.astype(y.dtype)
@@ -115,7 +104,6 @@ class PreActBlock(_RecipeMixin, nn.Module):
   num_blocks: int  # d, all residual blocks of the network: sets Fixup's init scale
   train: bool
   project: bool = False
-  fused_bn: bool = True
   dtype: Dtype = jnp.float32
   residual_dtype: Dtype = jnp.float32
   probe_stream: bool = False  # sow 'probes': stream_out, stream_skip (skipinit.analysis.precision)
@@ -137,25 +125,15 @@ class PreActBlock(_RecipeMixin, nn.Module):
     o = self.scalar_bias(o, "conv0_bias")
     out_features, stride = self.convs[-1][0], max(s for _, _, s in self.convs)
     m = len(self.convs)
-    # Fixup's convs follow its official code (and DeepMind's): a plain normal on the fan-out, the
-    # branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std. Its ablations keep
-    # one half: the zero (others unscaled), or the rescale (of every conv, the last one included).
-    zero_last = r.fixup_init in ("full", "zero_only")
-    rescale = 2.0 * self.num_blocks ** (-1.0 / (m - 1))
-    fixup_std2 = rescale if r.fixup_init in ("full", "rescale_only") else 2.0
-    proj_init = _fan_out_normal(2.0) if r.fixup_init else None  # None: model.conv_init
-    skip = (self.conv(out_features, 1, stride, "proj", kernel_init=proj_init, dtype=rd)(o)
+    init = lambda i: r.conv_inits(i, m, self.num_blocks) if r.conv_inits else None  # the recipe's
+    skip = (self.conv(out_features, 1, stride, "proj", kernel_init=init(-1), dtype=rd)(o)
             if self.project else x)
 
     y = o
     for i, (features, kernel, s) in enumerate(self.convs):
       if i:
         y = self.scalar_bias(self.activate(y, f"norm{i}", self.train), f"conv{i}_bias")
-      init = None  # model.conv_init
-      if r.fixup_init:
-        last = i == m - 1 and zero_last
-        init = nn.initializers.zeros if last else _fan_out_normal(fixup_std2)
-      y = self.conv(features, kernel, s, f"conv{i}", kernel_init=init)(y)
+      y = self.conv(features, kernel, s, f"conv{i}", kernel_init=init(i))(y)
 
     # Before alpha, which SkipInit starts at 0: Figure 4 (skipinit.analysis.signal) plots it.
     self.sow("intermediates", "branch_raw_var", _channel_mean_batch_var(y))
@@ -193,7 +171,6 @@ class ResNet(_RecipeMixin, nn.Module):
   dropout_rate: float = 0.0
   remat: bool = False
   scan_unroll: int = 0  # blocks unrolled per scan iteration; 0: auto (see _unroll)
-  fused_bn: bool = True  # GhostBatchNorm's hand-written VJP (False: jax's autodiff of it)
   dtype: Dtype = jnp.float32  # the residual branches' compute dtype
   residual_dtype: Dtype = jnp.float32  # the residual stream's and the head's (module doc)
   probe_stream: bool = False  # blocks sow full-size tensors: for skipinit.analysis.precision only
@@ -226,9 +203,8 @@ class ResNet(_RecipeMixin, nn.Module):
     x = x.astype(self.residual_dtype)  # the stream starts here
 
     block_cls = nn.remat(PreActBlock, prevent_cse=False) if self.remat else PreActBlock
-    common = dict(recipe=r, num_blocks=self.num_blocks, train=train, fused_bn=self.fused_bn,
-                  dtype=self.dtype, residual_dtype=self.residual_dtype,
-                  probe_stream=self.probe_stream)
+    common = dict(recipe=r, num_blocks=self.num_blocks, train=train, dtype=self.dtype,
+                  residual_dtype=self.residual_dtype, probe_stream=self.probe_stream)
     alpha2 = r.branch_multiplier ** 2
     expected_var = 1.0  # NF-ResNets: the analytic variance of the skip path entering each block
     for j, stage in enumerate(self.stages):

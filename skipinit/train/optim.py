@@ -54,14 +54,6 @@ def weight_decay_mask(params, decay_all: bool = False):
   return _path_mask(params, lambda path: decay_all or path[-1] == "kernel")
 
 
-def fixup_scalar_mask(params, gain_name: str = "scale"):
-  """Fixup's scalar biases (named *_bias), branch multipliers (`gain_name`) and the classifier's
-  bias: the official code's optimizer puts every parameter named *bias* or *scale* in its
-  base_lr/10 group, the linear layer's bias included."""
-  return _path_mask(params, lambda path: path[-1].endswith("_bias") or path[-1] == gain_name
-                    or path == ("classifier", "bias"))
-
-
 def agc_mask(params):
   """AGC applies everywhere except the final classifier (Brock et al. 2021, section 4.1)."""
   return _path_mask(params, lambda path: "classifier" not in path)
@@ -100,9 +92,9 @@ def fixup_scalar_lr_scale(train_config) -> float:
   (a number here, 0.01 for that code) that equals "relative" at its reference batch and lr only.
   "off": the same lr as everything else, as DeepMind's Fixup (no separate group).
   """
-  rule = str(train_config.get("fixup_scalar_lr", "relative")).strip()
+  rule = str(train_config.fixup_scalar_lr).strip()
   if rule == "relative":
-    return float(train_config.get("fixup_scalar_lr_mult", 1.0))
+    return float(train_config.fixup_scalar_lr_mult)
   if rule == "off":
     return 1.0
   # A fixed peak lr: updates are linear in the lr, so scaling them by value/lr trains the scalars
@@ -110,20 +102,21 @@ def fixup_scalar_lr_scale(train_config) -> float:
   return float(rule) / train_config.lr if train_config.lr else 0.0
 
 
-def make_optimizer(train_config, lr_fn, params, recipe_name: str = "", gain_name: str = "scale"):
-  """The optax chain: [AGC] -> [L2 weight decay] -> SGD(momentum, nesterov) -> [Fixup scalar lr]."""
+def make_optimizer(train_config, lr_fn, params, recipe):
+  """The optax chain: [AGC] -> [L2 weight decay] -> SGD(momentum, nesterov) -> [scalar lr], the
+  last on the model's `recipe.scalar_lr_group` (Fixup's scalars)."""
   t = train_config
   chain = []
-  if t.get("agc_clip", 0.0):
+  if t.agc_clip:
     chain.append(optax.masked(adaptive_grad_clip(t.agc_clip, t.agc_eps), agc_mask(params)))
   if t.weight_decay:
     chain.append(optax.add_decayed_weights(t.weight_decay,
                                            mask=weight_decay_mask(params, t.weight_decay_all)))
   chain.append(optax.sgd(lr_fn, momentum=t.momentum or None, nesterov=t.nesterov))
   mult = fixup_scalar_lr_scale(t)
-  if recipe_name == "fixup" and mult != 1.0:
+  if recipe.scalar_lr_group and mult != 1.0:
     # SGD updates are linear in the learning rate, so scaling them is training at lr * mult.
-    chain.append(optax.masked(optax.scale(mult), fixup_scalar_mask(params, gain_name)))
+    chain.append(optax.masked(optax.scale(mult), _path_mask(params, recipe.scalar_lr_group)))
   return optax.chain(*chain)
 
 
