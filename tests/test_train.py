@@ -259,7 +259,7 @@ def test_real_images_from_the_folder_source(cifar_config, tmp_path):
 
 @pytest.mark.parametrize("arg,message", [
     ("smoke,depth=17", "6N+4"),
-    ("smoke,normalizer=groupnorm", "unknown: use one of batchnorm"),
+    ("smoke,normalizer=layernorm", "unknown: use one of batchnorm"),
     ("smoke,batch_size=36,num_devices=8", "not divisible by the 8 devices"),
     ("smoke,seed=-1", "train.seed=-1 is not valid"),
     ("smoke,num_devices=2,ghost_batch_size=32", "does not divide the per-device batch"),
