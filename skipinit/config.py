@@ -64,7 +64,8 @@ def base_config(**model_defaults) -> ml_collections.ConfigDict:
       fixup_init="full",         # fixup: "full", or one half of its init: "zero_only", "rescale_only"
       residual_dtype="float32",  # the residual stream, skip path and head (dtype: the branches)
       conv_init="he",            # "he" (2/fan_in) or "fan_in" (Haiku's default, DeepMind's code)
-      classifier_init="")        # "": the variant's; "zeros", "lecun_normal", "normal_0.01"
+      classifier_init="",        # "": the variant's; "zeros", "lecun_normal", "normal_0.01"
+      groupnorm_groups=16)       # groupnorm: groups per norm (16 divides every WRN's channels)
   model.update(model_defaults)
   c.model = model
   c.data = dict(
@@ -303,7 +304,8 @@ KEY_HELP = {
     "model.name": "wrn (CIFAR Wide-ResNet, depth 6N+4) or resnet_v2 (ImageNet, 50/101/...)",
     "model.depth": "network depth (WRN: 6N+4, e.g. 16, 100, 1000; ResNet-V2: 14, 26, 50, 101, ...)",
     "model.width": "WRN widening factor k (int); ResNet-V2: a multiple of 1/64 of the standard widths",
-    "model.normalizer": "batchnorm, skipinit, fixup, none, sqrt2_merge or nf (NF-ResNet)",
+    "model.normalizer": "batchnorm, skipinit, fixup, none, sqrt2_merge, nf (NF-ResNet) or "
+                        "groupnorm",
     "model.alpha_init": "skipinit's alpha at init: 0, inv_sqrt_d (1/sqrt(blocks)), 1, or a number",
     "model.ghost_batch_size": "batchnorm: examples per BN statistic (0 = whole batch; larger than "
                               "the batch = the whole batch); independent of the device count",
@@ -323,6 +325,7 @@ KEY_HELP = {
     "model.conv_init": "conv init (but Fixup's own): he (2/fan_in) or fan_in (Haiku's default in "
                        "DeepMind's code, 0.774/fan_in)",
     "model.classifier_init": "classifier init: empty = the variant's; zeros, lecun_normal, normal_0.01",
+    "model.groupnorm_groups": "groupnorm: groups per GroupNorm; must divide every norm's channels",
     "data.name": "cifar10 or imagenet2012",
     "data.source": "tfds (needs TensorFlow: pip install -e .[imagenet]), folder (data.path), or "
                    "synthetic",

@@ -17,6 +17,7 @@ import flax.linen as nn
 
 from skipinit import config as config_lib
 from skipinit.errors import ConfigError
+from skipinit.models import layers
 from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS, GhostBatchNorm
 
 NF_ACTIVATION_GAIN = 1.7139588594436646  # ReLU gain of NF-ResNets: 1/sqrt(E[relu(z)^2] - E[relu(z)]^2)
@@ -104,6 +105,9 @@ NFResNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_
                              gain_init=0.0, branch_multiplier=0.2, classifier_init="normal_0.01",
                              weight_standardization=True, activation_gain=NF_ACTIVATION_GAIN,
                              track_variance=True)
+# GroupNorm (Wu & He 2018) where BatchNorm is, without its batch statistics: does the bias towards
+# the identity at depth need them (PAPER.md section 5)? No conv biases, as a BatchNorm ResNet.
+GroupNorm = functools.partial(Recipe, name="groupnorm")
 NAMED_ALPHAS = ("0", "inv_sqrt_d", "1")
 FIXUP_INITS = ("full", "zero_only", "rescale_only")
 
@@ -138,6 +142,21 @@ class Variant(NamedTuple):
   own_keys: tuple[str, ...] = ()
 
 
+def _then_relu(norm, *, use_running_average, relu: bool, dtype, name):
+  """The recipe's norm protocol for a flax norm that neither fuses the ReLU nor keeps running
+  statistics: the norm, then `layers.relu` (its mask from its output, which the conv saves)."""
+  layer = norm(dtype=dtype, name=name)
+  return (lambda x: layers.relu(layer(x))) if relu else layer
+
+
+def _groupnorm(groups: int, widths):
+  if groups < 1 or any(w % groups for w in widths):
+    raise ConfigError(f"model.groupnorm_groups={groups} does not divide the channel counts of this "
+                      f"network's norms ({', '.join(map(str, widths))}): use a divisor of them all "
+                      f"(their greatest common divisor is {math.gcd(*widths)})")
+  return {"norm": functools.partial(_then_relu, functools.partial(nn.GroupNorm, num_groups=groups))}
+
+
 def _fixup(m, half):
   return {"fixup_init": half, "conv_inits": fixup_conv_inits(half),
           "post_activation": bool(m.post_activation)}
@@ -155,6 +174,8 @@ RECIPES = {
     "skipinit": Variant(SkipInit, lambda m, d, widths: {
         "gain_init": parse_alpha_init(m.alpha_init, d)}),
     "sqrt2_merge": Variant(Sqrt2Merge),
+    "groupnorm": Variant(GroupNorm, lambda m, d, widths: _groupnorm(int(m.groupnorm_groups), widths),
+                         own_keys=("groupnorm_groups",)),
 }
 
 

@@ -40,6 +40,9 @@ def method_overrides(dropout_rate: float = DEFAULT_DROPOUT) -> dict[str, dict]:
       "skipinit_reg": {**skipinit0, "model.conv_bias": True, "model.dropout_rate": dropout_rate},
       # NF-ResNet, the network adaptive gradient clipping was made for (PAPER.md section 3, "Beyond").
       "nf": {"model.normalizer": "nf"},
+      # GroupNorm where BN is: a normalizer without batch statistics (is BN's bias towards the
+      # identity at depth kept?).
+      "groupnorm": {"model.normalizer": "groupnorm"},
   }
 
 
@@ -59,6 +62,7 @@ LABELS = {
     "skipinit_bias": "SkipInit + biases",
     "skipinit_reg": "Regularized SkipInit (biases + dropout)",
     "nf": "NF-ResNet",
+    "groupnorm": "GroupNorm",
 }
 
 
