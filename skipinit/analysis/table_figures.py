@@ -20,30 +20,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 from skipinit.analysis.tables import Table, label  # noqa: E402
 
 
-def _title(ax, table: Table) -> None:
-  """What the runs trained on and for how long (the table's `about`), above the plot."""
+def _series(groups: dict, value):
+  """{line: ([batch size], [y], [yerr])} of groups keyed (batch size, line), with a NaN where a
+  cell has no value, so the line breaks there."""
+  out = {}
+  for key in sorted(groups, key=lambda k: (str(k[1]), k[0])):
+    y, err = value(groups[key])
+    xs, ys, es = out.setdefault(key[1], ([], [], []))
+    xs.append(key[0])
+    ys.append(float("nan") if y is None else y)
+    es.append(0.0 if err is None else err)
+  return out
+
+
+def _finish(fig, ax, table: Table, ylabel: str, out_dir: str, name: str, legend_size=None,
+            grid: str = "major") -> list[str]:
+  """Batch size on a log2 axis, the labels, and what the runs trained on and for how long (the
+  table's `about`) as the title; writes the figure as PNG and PDF."""
+  xs = sorted({k[0] for k in table.groups})
+  ax.set_xscale("log", base=2)
+  ax.set_xticks(xs)
+  ax.set_xticklabels([str(int(x)) for x in xs])
+  ax.set_xlabel("batch size")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, which=grid)
+  ax.legend(fontsize=legend_size)
   if table.about:
     ax.set_title("\n".join(textwrap.wrap(table.about, 80)), fontsize=6.5)
-
-
-def _save(fig, out_dir: str, name: str) -> list[str]:
   paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "pdf")]
   for p in paths:
     fig.savefig(p, dpi=150, bbox_inches="tight")
   plt.close(fig)
   return paths
-
-
-def _series(groups: dict, line_key, x_key, value):
-  """{line: ([x], [y], [yerr])} with a NaN where a cell has no value, so the line breaks there."""
-  out = {}
-  for key in sorted(groups, key=lambda k: (str(line_key(k)), x_key(k))):
-    y, err = value(groups[key])
-    xs, ys, es = out.setdefault(line_key(key), ([], [], []))
-    xs.append(x_key(key))
-    ys.append(float("nan") if y is None else y)
-    es.append(0.0 if err is None else err)
-  return out
 
 
 def _nudge(xs, i, n, step=0.04):
@@ -66,38 +74,22 @@ def _say_if_empty(ax, ys) -> bool:
   return True
 
 
-def _log2_x(ax, xs):
-  ax.set_xscale("log", base=2)
-  ax.set_xticks(sorted(set(xs)))
-  ax.set_xticklabels([str(int(x)) for x in sorted(set(xs))])
-
-
 def batch_size_figures(table: Table, out_dir: str) -> list[str]:
   groups = table.groups  # key: (batch size, method)
   methods = list(dict.fromkeys(k[1] for k in sorted(groups, key=lambda k: k[0])))
-  all_x = [k[0] for k in groups]
-  written = []
 
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  acc = _series(groups, lambda k: k[1], lambda k: k[0],
-                _best_acc)
+  acc = _series(groups, _best_acc)
   for i, m in enumerate(methods):
     xs, ys, es = acc[m]
     ax.errorbar(_nudge(xs, i, len(methods)), ys, yerr=es, marker="o", capsize=2, label=label(m))
-  _log2_x(ax, all_x)
   _say_if_empty(ax, [y for xs, ys, es in acc.values() for y in ys])
-  ax.set_xlabel("batch size")
-  ax.set_ylabel("test accuracy at the best lr (%)")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  _title(ax, table)
-  written += _save(fig, out_dir, "fig_batch_size_accuracy")
+  written = _finish(fig, ax, table, "test accuracy at the best lr (%)", out_dir,
+                    "fig_batch_size_accuracy")
 
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  by_acc = _series(groups, lambda k: k[1], lambda k: k[0],
-                   lambda g: (g.best_by_acc.lr if g.best_by_acc else None, None))
-  by_loss = _series(groups, lambda k: k[1], lambda k: k[0],
-                    lambda g: (g.best_by_loss.lr if g.best_by_loss else None, None))
+  by_acc = _series(groups, lambda g: (g.best_by_acc.lr if g.best_by_acc else None, None))
+  by_loss = _series(groups, lambda g: (g.best_by_loss.lr if g.best_by_loss else None, None))
   for i, m in enumerate(methods):
     color = f"C{i}"
     n = 2 * len(methods)
@@ -105,23 +97,15 @@ def batch_size_figures(table: Table, out_dir: str) -> list[str]:
             label=f"{label(m)}: max test acc")
     ax.plot(_nudge(by_loss[m][0], 2 * i + 1, n), by_loss[m][1], "s--", color=color, alpha=0.8,
             label=f"{label(m)}: min train loss")
-  _log2_x(ax, all_x)
   if not _say_if_empty(ax, [y for series in (by_acc, by_loss) for _, ys, _ in series.values()
                             for y in ys]):
     ax.set_yscale("log", base=2)  # (a log axis with no positive value is an error)
-  ax.set_xlabel("batch size")
-  ax.set_ylabel("optimal learning rate")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=7)
-  _title(ax, table)
-  written += _save(fig, out_dir, "fig_batch_size_lr")
-  return written
+  return written + _finish(fig, ax, table, "optimal learning rate", out_dir, "fig_batch_size_lr",
+                           legend_size=7, grid="both")
 
 
 def agc_figure(table: Table, out_dir: str) -> list[str]:
-  groups = table.groups  # key: (batch size, clip)
-  series = _series(groups, lambda k: k[1], lambda k: k[0],
-                   _best_acc)
+  series = _series(table.groups, _best_acc)  # lines: the clipping thresholds
   fig, ax = plt.subplots(figsize=(5, 3.6))
   clips = sorted(series, key=lambda c: (c != 0.0, c))
   for i, clip in enumerate(clips):
@@ -129,14 +113,9 @@ def agc_figure(table: Table, out_dir: str) -> list[str]:
     off = clip == 0.0
     ax.errorbar(_nudge(xs, i, len(clips)), ys, yerr=es, marker="o", capsize=2,
                 label="no AGC" if off else f"λ = {clip:g}", linestyle="--" if off else "-")
-  _log2_x(ax, [k[0] for k in groups])
   _say_if_empty(ax, [y for _, ys, _ in series.values() for y in ys])
-  ax.set_xlabel("batch size")
-  ax.set_ylabel("test accuracy at the best lr (%)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  _title(ax, table)
-  return _save(fig, out_dir, "fig_agc_batch_size")
+  return _finish(fig, ax, table, "test accuracy at the best lr (%)", out_dir,
+                 "fig_agc_batch_size", legend_size=7)
 
 
 def figures_for(table: Table, out_dir: str) -> list[str]:
