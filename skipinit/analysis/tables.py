@@ -18,6 +18,7 @@ runs of its grid are "not needed" (skipinit.sweep.search decides which, as the l
 neither listed as unfinished nor counted; a note under the table says how each cell was searched.
 """
 
+import collections
 import csv
 import dataclasses
 import math
@@ -61,14 +62,11 @@ class RunResult:
 
   @property
   def usable(self) -> bool:
-    return (self.state == Status.COMPLETED and _finite(self.test_acc) and _finite(self.train_loss))
+    """Completed with finite final metrics: the learning-rate search's definition too."""
+    return ladder.Outcome(self.state, self.test_acc, self.train_loss).usable
 
   def get(self, key, default=None):
     return self.params.get(key, default)
-
-
-def _finite(x) -> bool:
-  return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def load_runs(sweep_dir: str) -> tuple[dict, list[RunResult]]:
@@ -109,12 +107,10 @@ def _mark_not_needed(table: str, settings: dict, results: list[RunResult]) -> No
   outcomes = {r.name: ladder.Outcome(r.state, r.test_acc, r.train_loss) for r in results}
   decisions, _ = search.decide(plan, outcomes)
   need = search.needed(plan, decisions, outcomes)
-  per_cell = {}
-  for name in need:
-    per_cell[plan.where[name][0]] = per_cell.get(plan.where[name][0], 0) + 1
+  per_cell = collections.Counter(plan.where[name][0] for name in need)
   for r in results:
     key = plan.where[r.name][0]
-    r.search_note = search.cell_text(plan, key, decisions[key], per_cell.get(key, 0))
+    r.search_note = search.cell_text(plan, key, decisions[key], per_cell[key])
     if r.name not in need and r.state not in rundir.FINISHED:
       r.state = NOT_NEEDED
 
@@ -556,9 +552,7 @@ def to_markdown(table: Table, max_listed: int = 50) -> str:
   lines += [""] + [n for n in table.notes] + [""]
   todo, needed = unfinished(table.runs), needed_runs(table.runs)
   if todo:
-    counts = {}
-    for r in todo:
-      counts[_state_text(r)] = counts.get(_state_text(r), 0) + 1
+    counts = collections.Counter(_state_text(r) for r in todo)
     lines.append(f"**{len(todo)} of {len(needed)} runs are not finished** (" +
                  ", ".join(f"{v} {k}" for k, v in counts.items()) + "); they are not in any mean:")
     lines.append("")
