@@ -19,6 +19,10 @@ dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipini
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
 Fixup's initialization in halves (either alone suffices, the paper reports):
   methods=fixup;fixup_zero_only;fixup_rescale_only
+A normalizer without batch statistics (GroupNorm where BatchNorm is; does BN's bias towards the
+identity, not its batch statistics, make depth trainable?), next to no normalization:
+  methods=groupnorm;none        (quick tier: preset=quick,methods=groupnorm;none)
+(opt-in, so that the default grid, and ablation sweep directories made before it, are unchanged.)
 Quick tier (results/quick/ablation_table; 28 min measured on 2 shared CPU cores): preset=quick
 trains the ablations that fail (alpha=1, sqrt(2) merge, no normalization) and the two halves
 of Fixup's initialization once each (lr 2^-3, one seed) at depth 100, width 1, for 0.1 epoch on

@@ -43,6 +43,8 @@ SAMPLE_CIFAR10 = os.path.join(_REPO, "tests", "data", "cifar10_sample")
 # The variants of Figure 4 (PAPER.md section 3 names) as model-config overrides.
 WRN_VARIANTS = {
     "batchnorm": {"normalizer": "batchnorm"},
+    # Normalized without batch statistics: is BatchNorm's bias towards the identity kept?
+    "groupnorm": {"normalizer": "groupnorm"},
     "skipinit alpha=0": {"normalizer": "skipinit", "alpha_init": "0"},
     "skipinit alpha=1": {"normalizer": "skipinit", "alpha_init": "1"},
     "none": {"normalizer": "none"},
@@ -414,7 +416,7 @@ def _draw(plt, wrn, fc, depth, width, fc_blocks, fc_width, num_images, out_dir):
 
   net = f"WRN-{depth}-{width} at init, {num_images} CIFAR-10 images"
   d = stage.size
-  wrn_panel(axes[0, 0], f"(a) {net}: BatchNorm", ["batchnorm"])
+  wrn_panel(axes[0, 0], f"(a) {net}: BatchNorm, GroupNorm", ["batchnorm", "groupnorm"])
   wrn_panel(axes[0, 1], f"(b) {net}: SkipInit alpha=0", ["skipinit alpha=0"], raw=True)
   wrn_panel(axes[0, 2], f"(c) {net}: no normalization", ["none", "skipinit alpha=1"],
             refs=[("2^i", np.arange(d) * math.log(2.0)),
