@@ -11,6 +11,7 @@
 `launch` is what scripts/sweep.py calls.
 """
 
+import collections
 import os
 import re
 import time
@@ -22,10 +23,6 @@ from skipinit.sweep.spec import (Run, SweepError, expand, load_sweep, make_sweep
                                  powers_of_two)
 
 EXECUTORS = ("local", "gpus", "slurm")
-
-
-def _summary(classes: dict) -> str:
-  return ", ".join(f"{len(v)} {k}" for k, v in classes.items() if v) or "no runs"
 
 
 def with_data(sweep: str, data: str) -> str:
@@ -103,8 +100,9 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
         + ("a launch replaces it" if dry_run else "replaced by this one"))
   if not dry_run:
     spec.write_manifest(sweep_dir, m)
+  summary = ", ".join(f"{len(v)} {k}" for k, v in classes.items() if v) or "no runs"
   log(f"sweep {definition['name']} (table: {definition['table']}) in {sweep_dir}: {len(runs)} "
-      f"runs: {_summary(classes)}")
+      f"runs: {summary}")
   settings = spec.search_of(m)
   if settings is not None:
     return _launch_ladder(definition, sweep_dir, all_runs, runs, settings, classes, executor,
@@ -116,17 +114,14 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
       log(f"  {state_of[run.name]:11s} {run.name}  " +
           " ".join(f"{k}={v}" for k, v in run.overrides.items()))
     if todo:
-      cmd = executors.train_command(definition["config"], definition["config_arg"],
-                                    os.path.abspath(os.path.join(sweep_dir, todo[0].name)),
-                                    todo[0].overrides, train_script)
-      log("first command: " + " ".join(cmd))
+      log("first command: " + " ".join(executors.train_command(
+          sweep_dir, todo[0], definition["config"], definition["config_arg"], train_script)))
     return 0
   if not todo:
     log("nothing to do")
     return 0
   config, config_arg = definition["config"], definition["config_arg"]
-  if executor == "slurm":
-    from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
+  if executor == "slurm":  # (slurm imported above)
     jobs = slurm.submit(sweep_dir, todo, config, config_arg, slurm_params or {},
                         cluster=slurm_cluster, train_script=train_script,
                         job_name=definition["name"])
@@ -152,13 +147,12 @@ def _wait_jobs(jobs, log, poll_s: float) -> dict:
     log(f"waiting for {len(pending)} jobs (polled every {poll_s:g} s)")
   while not all(j.done() for j in pending):
     time.sleep(poll_s)
-  outcomes = {}
+  outcomes = collections.Counter()
   for job in pending:
     try:
-      state = job.result()
+      outcomes[job.result()] += 1
     except Exception:  # a task that died (node failure, timeout): its run is retried next launch
-      state = Status.FAILED
-    outcomes[state] = outcomes.get(state, 0) + 1
+      outcomes[Status.FAILED] += 1
   return outcomes
 
 
@@ -219,11 +213,9 @@ def _launch_ladder(definition, sweep_dir, all_runs, runs, settings, classes, exe
     log(f"{len(todo)} runs to train next; search ended in {ended} of {len(decisions)} cells; "
         f"{len(all_runs) - len(need)} runs of the grid not needed so far")
     if todo:
-      run = by_name[todo[0][0]]
-      cmd = executors.train_command(definition["config"], definition["config_arg"],
-                                    os.path.abspath(os.path.join(sweep_dir, run.name)),
-                                    run.overrides, train_script)
-      log("first command: " + " ".join(cmd))
+      log("first command: " + " ".join(executors.train_command(
+          sweep_dir, by_name[todo[0][0]], definition["config"], definition["config_arg"],
+          train_script)))
     return 0
 
   def refill(exclude, idle):
@@ -233,7 +225,7 @@ def _launch_ladder(definition, sweep_dir, all_runs, runs, settings, classes, exe
     return [by_name[name] for name, _ in todo]
 
   config, config_arg = definition["config"], definition["config_arg"]
-  outcomes: dict = {}
+  outcomes = collections.Counter()
   if executor == "slurm":
     from skipinit.sweep import slurm  # lazily: submitit is an optional dependency
     submitted: set = set()
@@ -253,8 +245,7 @@ def _launch_ladder(definition, sweep_dir, all_runs, runs, settings, classes, exe
         log("launch the same command again once this wave has ended for the next one (or "
             "--wait: wave after wave until the search ends)")
         break
-      for k, v in _wait_jobs(jobs, log, poll_s).items():
-        outcomes[k] = outcomes.get(k, 0) + v
+      outcomes.update(_wait_jobs(jobs, log, poll_s))
   elif executor == "gpus":
     outcomes = executors.run_gpus(sweep_dir, [], config, config_arg, gpu_list, train_script, log,
                                   cpu=cpu_workers, refill=refill)

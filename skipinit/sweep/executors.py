@@ -33,25 +33,20 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "scripts", "train.py")
 
 
-def train_command(config: str, config_arg: str, run_dir: str, overrides: dict,
+def train_command(sweep_dir: str, run: Run, config: str, config_arg: str,
                   train_script: str | None = None) -> list[str]:
-  """The `scripts/train.py` command line of one run (DESIGN.md "Train")."""
+  """The `scripts/train.py` command line of one run (DESIGN.md "Train"): an absolute workdir, run
+  in the launcher's cwd, so that relative paths in the sweep argument (data.path) mean what they
+  meant where the sweep was launched."""
   script = train_script or TRAIN_SCRIPT
   if not os.path.isfile(script):
     raise SweepError(f"training script {script!r} not found: install the repository in editable "
                      "mode (pip install -e .) and run from it")
   config_flag = f"--config={config}:{config_arg}" if config_arg else f"--config={config}"
-  cmd = [sys.executable, script, config_flag, f"--workdir={run_dir}"]
-  cmd += [f"--config.{k}={values.fmt(v)}" for k, v in overrides.items()]
+  cmd = [sys.executable, script, config_flag,
+         f"--workdir={os.path.abspath(os.path.join(sweep_dir, run.name))}"]
+  cmd += [f"--config.{k}={values.fmt(v)}" for k, v in run.overrides.items()]
   return cmd
-
-
-COMPILATION_CACHE = ".jax_cache"
-
-
-def compilation_cache_dir(sweep_dir: str) -> str:
-  """Where a sweep's trainers share XLA's persistent compilation cache (jax_compilation_cache_dir)."""
-  return os.path.join(os.path.abspath(sweep_dir), COMPILATION_CACHE)
 
 
 def classify(sweep_dir: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -170,9 +165,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
   try:
     if rundir.run_state(run_dir) in rundir.FINISHED:
       return "skipped"
-    # An absolute workdir, and the launcher's cwd: relative paths in the sweep argument (data.path)
-    # mean what they meant where the sweep was launched.
-    cmd = train_command(config, config_arg, os.path.abspath(run_dir), run.overrides, train_script)
+    cmd = train_command(sweep_dir, run, config, config_arg, train_script)
     start = time.time()
     with open(os.path.join(run_dir, run_lock.LOG), "a") as log:
       log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
@@ -186,7 +179,8 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       # XLA's persistent compilation cache, shared by the sweep's trainers (a user's own setting
       # wins): a run resumed, or one that compiles the same program as an earlier run, reads its
       # executables instead of compiling them again.
-      env.setdefault("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir(sweep_dir))
+      env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(sweep_dir),
+                                                               ".jax_cache"))
       p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                            pass_fds=(lock.fd,))
       _ACTIVE.add(p)
@@ -260,7 +254,7 @@ def run_local(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str,
               refill: Refill | None = None) -> dict[str, int]:
   """Trains the runs one after another in this process's environment (all its devices); then, with
   `refill`, what it asks for next, until it asks for nothing."""
-  outcomes: dict[str, int] = {}
+  outcomes = collections.Counter()
   todo, tried, i = list(runs), set(), 0
   while True:
     if not todo and refill is not None:
@@ -272,7 +266,7 @@ def run_local(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str,
     n = _count_text(i, runs, refill)
     log(f"{n} {run.name}: training")
     state = run_one(sweep_dir, run, config, config_arg, train_script=train_script, worker="local")
-    outcomes[state] = outcomes.get(state, 0) + 1
+    outcomes[state] += 1
     log(f"{n} {run.name}: {_describe(run, state, sweep_dir)}")
     i += 1
 
@@ -323,7 +317,7 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
   check_gpus(gpus)
   shared = len(set(gpus)) < len(gpus)
   todo = collections.deque(enumerate(runs))
-  outcomes: dict[str, int] = {}
+  outcomes = collections.Counter()
   lock, stop, all_done = threading.Condition(), threading.Event(), threading.Event()
   errors, running = [], [len(gpus)]
   in_flight, tried, started, changed = set(), set(), [len(runs)], [True]
@@ -387,7 +381,7 @@ def run_gpus(sweep_dir: str, runs: Sequence[Run], config: str, config_arg: str, 
         errors.append(f"{run.name}: {e}")
         state = Status.FAILED
       with lock:
-        outcomes[state] = outcomes.get(state, 0) + 1
+        outcomes[state] += 1
         in_flight.discard(run.name)
         changed[0] = True
         lock.notify_all()

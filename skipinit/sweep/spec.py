@@ -340,20 +340,7 @@ def tfds_installed() -> bool:
 
 def unmet_needs(runs: Sequence[Run]) -> str:
   """One line naming what some of `runs` need and this machine lacks, or "": their folder data
-  set, or TensorFlow for data.source=tfds (each trainer would refuse its run for it)."""
-  missing = missing_data(runs)
-  if missing:
-    return missing
-  if any(r.data_source == "tfds" for r in runs) and not tfds_installed():
-    return ("data.source=tfds (the default) needs TensorFlow and tensorflow-datasets, which are not "
-            "installed (pip install -e .[imagenet]): with the data set's files, pass --data=PATH "
-            "(a CIFAR-10 folder or .tar.gz, or cifar-10-python.tar.gz), or data.source=folder,"
-            "data.path=PATH in the sweep argument")
-  return ""
-
-
-def missing_data(runs: Sequence[Run]) -> str:
-  """One line naming a folder data set that some of `runs` read and that is not there, or "".
+  set, or TensorFlow for data.source=tfds (each trainer would refuse its run for it).
 
   Relative paths mean what they mean here: the trainers run in the launcher's directory.
   """
@@ -361,6 +348,11 @@ def missing_data(runs: Sequence[Run]) -> str:
     if not os.path.exists(os.path.expanduser(path)):
       return (f"data.path={path!r} does not exist (data.source=folder): give the data set's "
               "folder or .tar.gz, e.g. data.path=/data/cifar10-jpeg.tar.gz")
+  if any(r.data_source == "tfds" for r in runs) and not tfds_installed():
+    return ("data.source=tfds (the default) needs TensorFlow and tensorflow-datasets, which are not "
+            "installed (pip install -e .[imagenet]): with the data set's files, pass --data=PATH "
+            "(a CIFAR-10 folder or .tar.gz, or cifar-10-python.tar.gz), or data.source=folder,"
+            "data.path=PATH in the sweep argument")
   return ""
 
 
