@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from skipinit import models
 from skipinit.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -63,7 +64,7 @@ def devices_for(config) -> int:
   available = len(jax.devices())
   if t.num_devices or jax.process_count() > 1:
     return t.num_devices
-  unit = m.ghost_batch_size if m.normalizer == "batchnorm" and m.ghost_batch_size else 1
+  unit = models.ghost_batch(m) or 1
   n = available
   while n > 1 and t.batch_size % (n * unit):
     n -= 1
