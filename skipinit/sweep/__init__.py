@@ -30,7 +30,7 @@ def with_data(sweep: str, data: str) -> str:
   data.source=folder,data.path=DATA appended to the argument, the same runs as when written there."""
   if not data:
     return sweep
-  path, arg = spec.split_spec(sweep)
+  path, _, arg = sweep.partition(":")
   given = [k for k in ("data.source", "data.path") if re.search(rf"(^|,)\s*{re.escape(k)}\s*=", arg)]
   if given:
     raise SweepError(f"--data and {' and '.join(given)} in the sweep argument both say where the "
@@ -83,7 +83,7 @@ def launch(sweep: str, sweep_dir: str, executor: str = "local", dry_run: bool = 
   else:
     all_runs = runs
   classes = executors.classify(sweep_dir, runs)
-  todo = executors.pending(classes)
+  todo = classes["failed"] + classes["interrupted"] + classes["new"]
   # Each trainer would refuse missing data (or tfds without TensorFlow), one process per run: say
   # it once, for the runs still to train, before the directory is pinned. Only a warning where
   # they will not train here: a SLURM submit host or a dry run's machine may differ.

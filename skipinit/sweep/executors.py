@@ -68,10 +68,6 @@ def classify(sweep_dir: str, runs: Sequence[Run]) -> dict[str, list[Run]]:
   return out
 
 
-def pending(classes: dict[str, list[Run]]) -> list[Run]:
-  return classes["failed"] + classes["interrupted"] + classes["new"]
-
-
 def _record_attempt(sweep_dir: str, entry: dict) -> None:
   # One short line per write with O_APPEND: concurrent workers do not interleave within a line.
   with open(os.path.join(sweep_dir, ATTEMPTS), "a") as f:

@@ -223,15 +223,9 @@ def _load_module(path: str, what: str):
   return cfg_lib.import_file(path)
 
 
-def split_spec(spec: str) -> tuple[str, str]:
-  """"configs/sweeps/x.py:arg" -> (path, arg), like ml_collections' config files."""
-  path, _, arg = spec.partition(":")
-  return path, arg
-
-
 def load_sweep(spec: str) -> dict:
-  """Loads `path.py[:arg]` and returns its `get_sweep(arg)`."""
-  path, arg = split_spec(spec)
+  """Loads `path.py[:arg]` (as ml_collections' config files) and returns its `get_sweep(arg)`."""
+  path, _, arg = spec.partition(":")
   module = _load_module(path, "sweep file")
   if not hasattr(module, "get_sweep"):
     raise SweepError(f"sweep file {path!r} defines no get_sweep(arg)")
