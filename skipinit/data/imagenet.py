@@ -171,6 +171,7 @@ class ImageNetData:
     self.num_classes = num_classes
     self.image_size = int(config.data.image_size)
     self.seed = int(config.train.seed)
+    self.num_workers = int(config.data.get("num_workers", 0))  # decoding threads (0: automatic)
     self.dtype = _output_dtype(config)
     self.normalized = self.dtype != np.uint8
     self.steps_per_epoch = num_train_examples // self.global_batch_size
@@ -429,7 +430,6 @@ class FolderData(ImageNetData):
     super().__init__(config, process_index, process_count, len(self.train_files),
                      len(self.eval_files), num_classes)
     self.root, self.classes = listing["root"], listing["classes"]
-    self.num_workers = int(config.data.get("num_workers", 0))
     backend = config.data.get("backend", "auto")
     if backend not in ("auto", "tf", "pil"):
       raise ConfigError(f"data.backend={backend!r} is unknown: use auto, tf or pil")
@@ -457,10 +457,8 @@ class FolderData(ImageNetData):
     return self._batches(self.eval_files[indices], self.eval_labels[indices],
                          np.arange(len(indices)), mask, 0, False, self.per_process_eval_batch_size)
 
-  def _batches(self, files, labels, positions, mask, key, train, batch_size):
-    if self.backend == "tf":
-      return self._tf_batches(files, labels, positions, mask, key, train, batch_size)
-    return self._pil_batches(files, labels, positions, mask, key, train, batch_size)
+  def _batches(self, *args):
+    return (self._tf_batches if self.backend == "tf" else self._pil_batches)(*args)
 
   def _tf_batches(self, files, labels, positions, mask, key, train, batch_size):
     tf = import_tf()
@@ -568,8 +566,7 @@ class TfdsData(ImageNetData):
   """tfds `imagenet2012`: process p reads `tfds.even_splits(split, P)[p]` of the records."""
 
   def __init__(self, config, process_index, process_count):
-    tfds = import_tfds()
-    self._tfds = tfds
+    self._tfds = tfds = import_tfds()
     self.builder = tfds_builder(config.data.get("data_dir", ""))
     splits = self.builder.info.splits
     self._train_split = tfds.even_splits("train", n=process_count)[process_index]
@@ -585,7 +582,6 @@ class TfdsData(ImageNetData):
     # Every process must yield as many eval batches as the one with the largest part.
     self.num_eval_batches = max(1, math.ceil(max(self._eval_sizes) /
                                              self.per_process_eval_batch_size))
-    self.num_workers = int(config.data.get("num_workers", 0))
     self.shuffle_buffer = int(config.data.get("shuffle_buffer", 16 * 1024))
 
   def _read(self, split, shuffle_seed=None):

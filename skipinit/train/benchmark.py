@@ -294,12 +294,12 @@ def format_table(results) -> str:
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in results:
     p = r.profile or {}
+    head = (f"| {r.model} | {r.normalizer} | {r.batch_size} | {r.dtype} | {r.overrides} "
+            f"| {r.steps_per_dispatch} |")
     if r.error:
-      rows.append(f"| {r.model} | {r.normalizer} | {r.batch_size} | {r.dtype} | {r.overrides} "
-                  f"| {r.steps_per_dispatch} | error: {r.error[:300]} |")
+      rows.append(f"{head} error: {r.error[:300]} |")
       continue
-    rows.append(f"| {r.model} | {r.normalizer} | {r.batch_size} | {r.dtype} | {r.overrides} "
-                f"| {r.steps_per_dispatch} | {_fmt(r.compile_s, '.1f')} "
+    rows.append(f"{head} {_fmt(r.compile_s, '.1f')} "
                 f"| {_fmt(r.examples_per_sec, ',.0f')} | {_fmt(r.step_ms, '.2f')} "
                 f"| {_fmt(r.tflops, '.2f')} | {_fmt(r.train_gflops_per_example, '.2f')} "
                 f"| {_fmt(r.peak_memory_gb, '.2f')} | {_fmt(p.get('device_busy_frac'), '.0%')} "
