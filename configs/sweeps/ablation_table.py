@@ -2,12 +2,15 @@ r"""Ablation table (PAPER.md sections 1.2, 1.4, 5): what SkipInit needs, on n-2 
 
 Methods: SkipInit alpha=1 (a plain unnormalized ResNet with a gain), the variance-preserving
 sqrt(2) merge, no normalization (He init), SkipInit alpha=0 without weight decay, SkipInit alpha=0
-without conv biases, and regularized SkipInit (alpha=0 + conv biases + dropout before the
-classifier). Expected: alpha=1, sqrt(2) merge and no normalization fail at depth 1000; removing
-weight decay or the biases costs accuracy, dropout gains some. Same protocol and
+without conv biases, regularized SkipInit (alpha=0 + conv biases + dropout before the
+classifier), and GroupNorm where BatchNorm is (a normalizer without batch statistics: does BN's
+bias towards the identity, not its batch statistics, make depth trainable?). Expected: alpha=1,
+sqrt(2) merge and no normalization fail at depth 1000; removing weight decay or the biases costs
+accuracy, dropout gains some; GroupNorm, which down-weights deep branches at init as BN does
+(results/fig4_variance_at_init.txt), should train at depth. Same protocol and
 table format as the depth table (batch 64, 200 epochs, best learning rate, mean +- std over seeds).
 
-Run (full budget: 3 depths x 6 methods x 7 learning rates x 3 seeds = 378 runs):
+Run (full budget: 3 depths x 7 methods x 7 learning rates x 3 seeds = 441 runs):
   python scripts/sweep.py --sweep=configs/sweeps/ablation_table.py --sweep_dir=runs/ablation_table \
       --executor=gpus
   python scripts/make_tables.py --sweep_dir=runs/ablation_table,runs/depth_table \
@@ -15,14 +18,15 @@ Run (full budget: 3 depths x 6 methods x 7 learning rates x 3 seeds = 378 runs):
 (giving the depth sweep too adds its BatchNorm and SkipInit alpha=0 rows as references.)
 
 Knobs: epochs=200, seeds=3, lr_exps=-6:0, depths=16;100;1000, width=2, batch_size=64,
-dropout=0.2 (regularized SkipInit), methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_nobias;skipinit_reg,
+dropout=0.2 (regularized SkipInit),
+methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_nobias;skipinit_reg;groupnorm,
 preset=NAME, full config keys. Cheap: ...:epochs=2,seeds=1,lr_exps=-4:-2,depths=16
+(An ablation sweep directory started before GroupNorm joined the default methods relaunches with
+its own list: methods=skipinit_a1;sqrt2_merge;none;skipinit_nowd;skipinit_nobias;skipinit_reg.)
 Fixup's initialization in halves (either alone suffices, the paper reports):
   methods=fixup;fixup_zero_only;fixup_rescale_only
-A normalizer without batch statistics (GroupNorm where BatchNorm is; does BN's bias towards the
-identity, not its batch statistics, make depth trainable?), next to no normalization:
-  methods=groupnorm;none        (quick tier: preset=quick,methods=groupnorm;none)
-(opt-in, so that the default grid, and ablation sweep directories made before it, are unchanged.)
+GroupNorm at the quick tier's budget (not in its default list, so that results/quick/ablation_table
+relaunches as it was made): preset=quick,methods=groupnorm
 Quick tier (results/quick/ablation_table; 28 min measured on 2 shared CPU cores): preset=quick
 trains the ablations that fail (alpha=1, sqrt(2) merge, no normalization) and the two halves
 of Fixup's initialization once each (lr 2^-3, one seed) at depth 100, width 1, for 0.1 epoch on
@@ -42,7 +46,7 @@ CONFIG = sibling_config(__file__, "cifar10_wrn.py")
 QUICK = ("epochs=0.1,seeds=1,lr_exps=-3,depths=100,"
          "methods=skipinit_a1;sqrt2_merge;none;fixup_zero_only;fixup_rescale_only")
 METHODS = ("skipinit_a1", "sqrt2_merge", "none", "skipinit_nowd", "skipinit_nobias",
-           "skipinit_reg")
+           "skipinit_reg", "groupnorm")
 
 
 def ablation_table(epochs: float = 200.0, seeds: int = 3, lr_exps: tuple = tuple(range(-6, 1)),
