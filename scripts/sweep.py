@@ -31,7 +31,7 @@ import sys
 
 from absl import app, flags
 
-from skipinit import sweep as sweep_lib, values
+from skipinit import sweep as sweep_lib
 from skipinit.cli import parse_flags_or_exit
 from skipinit.errors import SkipInitError
 
@@ -69,7 +69,15 @@ def _slurm_params(items):
     key, sep, value = item.partition("=")
     if not sep:
       raise sweep_lib.SweepError(f"--slurm_params item {item!r} is not key=value")
-    params[key.strip()] = values.parse(key.strip(), value, None)
+    # submitit's parameters: numbers as numbers, anything else as given (mail_type=NONE is a word,
+    # which values.parse would read as None).
+    for kind in (int, float):
+      try:
+        value = kind(value)
+        break
+      except ValueError:
+        pass
+    params[key.strip()] = value
   return params
 
 

@@ -4,10 +4,9 @@ written, in one place for the trainer, the sweeps and the tables.
   config.json    the resolved config, written before training (a resume with another is refused)
   data.json      what the run trains on (a resume on other data is refused)
   metrics.jsonl  one JSON object per eval
-  status.json    {"status": running | completed | diverged | failed, ...}; a running run stopped by
-                 SIGTERM says "preempted": true, by Ctrl-C "interrupted": true as well
+  status.json    {"status": running | completed | diverged | failed, notes, metrics} (`write_status`)
   checkpoints/   orbax; tensorboard/: events
-A sweep adds `.lock` and `train.log` (skipinit.sweep.lock) that nothing else reads.
+  .lock, train.log  a sweep's: its worker's lock (skipinit.sweep.lock) and the trainer's output
 
 Reading never raises on a run being written: `read_json` is None for a file that is missing or not
 whole JSON, and a caller that cannot go on without the file says so. Writing is atomic (a temporary
@@ -27,6 +26,7 @@ from skipinit.errors import ConfigError, DataError
 
 CONFIG, DATA, METRICS, STATUS, CHECKPOINTS = (
     "config.json", "data.json", "metrics.jsonl", "status.json", "checkpoints")
+LOCK, LOG = ".lock", "train.log"
 
 
 class Status(enum.StrEnum):
@@ -43,8 +43,11 @@ MISSING = "missing"  # run_state of a directory without status.json: never start
 
 
 def _is_chief() -> bool:
-  # Without jax imported (the sweep launcher, the tables) this is the only process.
-  return "jax" not in sys.modules or sys.modules["jax"].process_index() == 0
+  # A run has several processes only once jax.distributed is initialized (sharding.py). Asking
+  # jax.process_index() before would start jax's backends in a process that never computes (the
+  # sweep launcher: on a GPU host, it would take GPU memory from the trainers it starts).
+  jax = sys.modules.get("jax")
+  return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def read_json(path: str):
@@ -67,8 +70,15 @@ def read_status(run_dir: str) -> dict | None:
   return status if isinstance(status, dict) else None
 
 
-def write_status(run_dir: str, status: Status, **fields) -> dict:
-  record = {"status": status, **fields}
+def write_status(run_dir: str, status: Status, *, preempted: bool = False,
+                 interrupted: bool = False, refused: bool = False, **fields) -> dict:
+  """status.json: the status, its notes (written only when true), and `fields` (step, epoch,
+  total_steps, diverged_step, error, the final metrics). Notes: preempted, a running run stopped
+  at a checkpoint by SIGTERM or Ctrl-C (a relaunch resumes it); interrupted, by Ctrl-C (train.py
+  exits 130); refused, a failed run whose trainer refused its input and wrote nothing (the sweep's).
+  """
+  notes = {"preempted": preempted, "interrupted": interrupted, "refused": refused}
+  record = {"status": str(status), **{k: True for k, v in notes.items() if v}, **fields}
   write_json(os.path.join(run_dir, STATUS), record)
   return record
 

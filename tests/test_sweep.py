@@ -136,8 +136,8 @@ def test_knobs_presets_and_config_overrides():
 
 
 def test_one_parser_and_formatter_for_overrides_knobs_flags_and_names():
-  """skipinit.values reads config overrides, sweep knobs and --slurm_params, and writes the
-  trainers' flags, run names and help, with one error wording."""
+  """skipinit.values reads config overrides and sweep knobs, and writes the trainers' flags, run
+  names and help, with one error wording."""
   assert values.parse("k", "-2:1", (0,)) == (-2, -1, 0, 1)
   assert values.parse("k", "(0.1;0.2)", (0.5,)) == (0.1, 0.2)
   assert values.parse("k", "yes", False) is True and values.parse("k", "none", None) is None
@@ -168,6 +168,18 @@ def test_a_preset_sets_the_knobs_the_sweep_would_set_over_it():
     spec.expand(spec.load_sweep(CHEAP_DEPTH + ",train.lrr=1"))
   with pytest.raises(spec.SweepError, match="sets model.normalizer, train.lr itself"):
     spec.load_sweep(CHEAP_DEPTH + ",train.lr=0.1,model.normalizer=none")
+
+
+def test_a_preset_that_does_not_declare_its_keys_is_one_clear_error(tmp_path):
+  config = tmp_path / "my_config.py"
+  config.write_text("from skipinit import config as cfg_lib\n"
+                    "def _tiny(c):\n  c.model.depth = 10\n"
+                    "PRESETS = {'tiny': _tiny}\n"
+                    "def get_config(arg=None):\n"
+                    "  return cfg_lib.apply_arg(cfg_lib.base_config(), arg, PRESETS)\n")
+  fn = spec._load_module(os.path.join(SWEEPS, "depth_table.py"), "sweep").depth_table
+  with pytest.raises(spec.SweepError, match=r"preset=tiny of .*my_config.py does not declare the keys"):
+    spec._knobs_from_presets(fn, {}, ["tiny"], str(config), "")
 
 
 # -------------------------------------------------------------------------- launch and relaunch

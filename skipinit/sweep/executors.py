@@ -163,7 +163,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
       return "skipped"
     cmd = train_command(sweep_dir, run, config, config_arg, train_script)
     start = time.time()
-    with open(os.path.join(run_dir, run_lock.LOG), "a") as log:
+    with open(os.path.join(run_dir, rundir.LOG), "a") as log:
       log.write(f"\n=== {datetime.datetime.now().isoformat(timespec='seconds')} "
                 f"{socket.gethostname()} {worker}\n$ {' '.join(cmd)}\n")
       log.flush()
@@ -214,7 +214,7 @@ def run_one(sweep_dir: str, run: Run, config: str, config_arg: str, env: dict | 
 
 def _write_refused_status(run_dir: str, log_offset: int) -> None:
   """status.json of a run the trainer refused, with the error line of this attempt's log."""
-  with open(os.path.join(run_dir, run_lock.LOG)) as f:
+  with open(os.path.join(run_dir, rundir.LOG)) as f:
     f.seek(log_offset)
     errors = [line.strip() for line in f if line.startswith("error:")]
   message = errors[-1] if errors else "error: the trainer refused its input (exit 2)"
@@ -230,7 +230,7 @@ def _describe(run: Run, state: str, sweep_dir: str) -> str:
   if state in (Status.FAILED, "refused") and status.get("refused"):
     return f"REFUSED: {status['error']}"
   if state == Status.FAILED:
-    return f"FAILED: see {os.path.join(sweep_dir, run.name, run_lock.LOG)}"
+    return f"FAILED: see {os.path.join(sweep_dir, run.name, rundir.LOG)}"
   return state
 
 

@@ -1,5 +1,4 @@
-"""A sweep's per-run lock, and the files a sweep adds to a run directory (skipinit.rundir is the
-trainer's contract): `.lock` and `train.log` (the trainer's output), which nothing else reads.
+"""A sweep's per-run lock (`.lock` in the run directory, skipinit.rundir).
 
 The lock is an fcntl.flock on `.lock`, held by the worker and inherited by the training process:
 the kernel drops it when both exit, so a killed worker never leaves a stale lock behind, and a
@@ -10,8 +9,7 @@ system with working locks (local disks, NFSv4, Lustre mounted with -o flock).
 import fcntl
 import os
 
-LOCK = ".lock"
-LOG = "train.log"
+from skipinit.rundir import LOCK
 
 
 class RunLock:

@@ -156,9 +156,15 @@ def _knobs_from_presets(fn: Callable, knobs: dict, presets: list[str], config: s
   try:
     module = cfg_lib.import_file(config)
     preset = module.get_config(",".join(filter(None, [config_arg, *presets])))
-    keys = {k for name in presets for k in cfg_lib.find_preset(name, module.PRESETS)[0].keys}
+    declared = [(name, cfg_lib.find_preset(name, module.PRESETS)[0]) for name in presets]
   except (ConfigError, AttributeError, KeyError) as e:
     raise SweepError(f"preset={';'.join(presets)}: {e}") from None
+  undeclared = [name for name, p in declared if not hasattr(p, "keys")]
+  if undeclared:
+    raise SweepError(f"preset={';'.join(undeclared)} of {config} does not declare the keys it sets: "
+                     "decorate it with @skipinit.config.preset(\"section.key\", ...) or build it "
+                     "with skipinit.config.preset(overrides={...})")
+  keys = {k for _, p in declared for k in p.keys}
   derived = {}
   for knob in (k for k in wanted if PRESET_KNOBS[k] in keys):
     section, field = PRESET_KNOBS[knob].split(".")
