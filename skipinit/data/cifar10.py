@@ -427,9 +427,9 @@ def load(data_config) -> dict:
   """The CIFAR-10 arrays a `data` config selects: {"train"|"test": (uint8 NHWC, int32 labels)}."""
   source = data_config.source
   if source == "folder":
-    return load_folder(data_config.path, data_config.get("cache_dir") or None)
+    return load_folder(data_config.path, data_config.cache_dir or None)
   if source == "tfds":
-    return load_tfds(data_config.get("data_dir") or None)
+    return load_tfds(data_config.data_dir or None)
   if source == "synthetic":
     return synthetic(data_config.synthetic_train_size, data_config.synthetic_test_size)
   raise DataError(f"data.source={source!r} is unknown: use tfds, folder or synthetic")

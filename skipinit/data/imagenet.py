@@ -52,7 +52,6 @@ CROP_FRACTION = 224 / 256          # eval: "resize 256, center crop 224", at any
 AREA_RANGE = (0.08, 1.0)           # Inception crop (Szegedy et al. 2015), as in big_vision
 ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
-NUM_CLASSES = 1000
 TRAIN_DIR, EVAL_DIRS = "train", ("val", "validation")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 REQUIRED_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -111,9 +110,9 @@ def _check_batch(name: str, global_batch: int, process_count: int) -> int:
 def _output_dtype(config):
   """The images' dtype: uint8 when the trainer normalizes on device (data.normalize_on_host=False),
   else bfloat16 for a bfloat16 model (half the host-to-device bytes of float32), else float32."""
-  if not config.data.get("normalize_on_host", True):
+  if not config.data.normalize_on_host:
     return np.uint8
-  if config.model.get("dtype", "float32") == "bfloat16":
+  if config.model.dtype == "bfloat16":
     import ml_dtypes  # a jax dependency; numpy's view of bfloat16
     return ml_dtypes.bfloat16
   return np.float32
@@ -156,7 +155,7 @@ class ImageNetData:
   """
 
   def __init__(self, config, process_index: int, process_count: int, num_train_examples: int,
-               num_eval_examples: int, num_classes: int = NUM_CLASSES):
+               num_eval_examples: int, num_classes: int):
     if not 0 <= process_index < process_count:
       raise ConfigError(f"process_index={process_index} must be in [0, {process_count})")
     self.config = config
@@ -171,7 +170,7 @@ class ImageNetData:
     self.num_classes = num_classes
     self.image_size = int(config.data.image_size)
     self.seed = int(config.train.seed)
-    self.num_workers = int(config.data.get("num_workers", 0))  # decoding threads (0: automatic)
+    self.num_workers = config.data.num_workers  # decoding threads (0: automatic)
     self.dtype = _output_dtype(config)
     self.normalized = self.dtype != np.uint8
     self.steps_per_epoch = num_train_examples // self.global_batch_size
@@ -207,7 +206,7 @@ class SyntheticData(ImageNetData):
 
   def __init__(self, config, process_index, process_count, pool_size: int = 512):
     d = config.data
-    num_classes = int(config.model.get("num_classes", NUM_CLASSES))
+    num_classes = config.model.num_classes
     super().__init__(config, process_index, process_count, int(d.synthetic_train_size),
                      int(d.synthetic_test_size), num_classes)
     rng = np.random.default_rng(epoch_key(self.seed, 0, _SYNTHETIC))
@@ -421,7 +420,7 @@ class FolderData(ImageNetData):
 
   def __init__(self, config, process_index, process_count):
     listing = list_folder(config.data.path)
-    num_classes = int(config.model.get("num_classes", NUM_CLASSES))
+    num_classes = config.model.num_classes
     if len(listing["classes"]) > num_classes:
       raise DataError(f"data.path={config.data.path!r} has {len(listing['classes'])} classes but "
                       f"model.num_classes={num_classes}")
@@ -430,7 +429,7 @@ class FolderData(ImageNetData):
     super().__init__(config, process_index, process_count, len(self.train_files),
                      len(self.eval_files), num_classes)
     self.root, self.classes = listing["root"], listing["classes"]
-    backend = config.data.get("backend", "auto")
+    backend = config.data.backend
     if backend not in ("auto", "tf", "pil"):
       raise ConfigError(f"data.backend={backend!r} is unknown: use auto, tf or pil")
     if backend == "auto":
@@ -567,14 +566,14 @@ class TfdsData(ImageNetData):
 
   def __init__(self, config, process_index, process_count):
     self._tfds = tfds = import_tfds()
-    self.builder = tfds_builder(config.data.get("data_dir", ""))
+    self.builder = tfds_builder(config.data.data_dir)
     splits = self.builder.info.splits
     self._train_split = tfds.even_splits("train", n=process_count)[process_index]
     eval_splits = tfds.even_splits("validation", n=process_count)
     self._eval_split = eval_splits[process_index]
     self._eval_sizes = [splits[s].num_examples for s in eval_splits]
     num_classes = self.builder.info.features["label"].num_classes
-    if int(config.model.get("num_classes", num_classes)) < num_classes:
+    if config.model.num_classes < num_classes:
       raise ConfigError(f"model.num_classes={config.model.num_classes} is smaller than the "
                         f"{num_classes} classes of tfds imagenet2012")
     super().__init__(config, process_index, process_count, splits["train"].num_examples,
@@ -582,7 +581,7 @@ class TfdsData(ImageNetData):
     # Every process must yield as many eval batches as the one with the largest part.
     self.num_eval_batches = max(1, math.ceil(max(self._eval_sizes) /
                                              self.per_process_eval_batch_size))
-    self.shuffle_buffer = int(config.data.get("shuffle_buffer", 16 * 1024))
+    self.shuffle_buffer = config.data.shuffle_buffer
 
   def _read(self, split, shuffle_seed=None):
     tfds = self._tfds
@@ -632,17 +631,13 @@ class TfdsData(ImageNetData):
 SOURCES = {"synthetic": SyntheticData, "folder": FolderData, "tfds": TfdsData}
 
 
-def make_imagenet(config, process_index: int | None = None,
-                  process_count: int | None = None) -> ImageNetData:
-  """The `ImageNetData` of `config.data.source` for one process (default: jax's process).
+def make_imagenet(config, process_index: int, process_count: int) -> ImageNetData:
+  """The `ImageNetData` of `config.data.source` for one process.
 
   Reads config.data (source, path, data_dir, image_size, num_workers, shuffle_buffer, backend,
   synthetic_*_size), config.train (batch_size, eval_batch_size, seed) and config.model (dtype of
   the images, num_classes).
   """
-  if process_index is None or process_count is None:
-    import jax
-    process_index, process_count = jax.process_index(), jax.process_count()
   source = config.data.source
   if source not in SOURCES:
     raise ConfigError(f"data.source={source!r} is unknown for ImageNet: use one of "
