@@ -8,23 +8,27 @@ from typing import Callable, Iterable, Protocol
 import jax
 import numpy as np
 
-from skipinit.data import augment, cifar10
+from skipinit.data import augment, cifar10, imagenet  # (imagenet imports TensorFlow lazily)
 from skipinit.errors import ConfigError
 from skipinit.train import sharding
 
 
 class Source(Protocol):
-  """What the trainer asks of a data set."""
+  """What the trainer asks of a data set. `held_on_device`: True, the set lives whole on the
+  devices, and a dispatch gathers and augments up to train.steps_per_dispatch batches there;
+  False, it is streamed from the host, one step per dispatch."""
+  held_on_device: bool
   steps_per_epoch: int
   fingerprint: dict  # data.json: what a run trains on, so that a resume on other data is refused
-  normalize: tuple | None  # (mean, std) the devices apply to the uint8 batches; None: the host did
-  augment: Callable | None  # (rng, batch) -> batch, on the devices, for a set held whole there
+  normalize_stats: tuple | None  # (mean, std) the devices apply to uint8 batches; None: host did
+  augment_on_device: Callable | None  # (rng, batch) -> batch in the step (held_on_device only)
 
   def train_args(self, step: int, n: int) -> tuple:
     """The data arguments of the dispatch that runs steps [step, step + n) (n == 1 if streamed)."""
 
   def eval_batches(self) -> Iterable[tuple]:
-    """(images, labels, mask) of each eval dispatch, global arrays; mask False = padding."""
+    """(images, labels, mask) global arrays, mask False = padding: held on device, one item, the
+    whole test set as [batches, batch, ...] (one dispatch); streamed, one item per eval batch."""
 
 
 def _data_names(config) -> dict:
@@ -49,8 +53,9 @@ def eval_subset_indices(num_test: int, n: int) -> np.ndarray:
 class DeviceData:
   """A data set held whole on the devices (CIFAR-10): batches gathered by index, augmented there."""
 
-  normalize = (cifar10.MEAN, cifar10.STD)
-  augment = staticmethod(augment.pad_crop_flip)
+  held_on_device = True
+  normalize_stats = (cifar10.MEAN, cifar10.STD)
+  augment_on_device = staticmethod(augment.pad_crop_flip)
 
   def __init__(self, config, mesh):
     arrays = cifar10.load(config.data)
@@ -91,8 +96,9 @@ class DeviceData:
     mask = np.concatenate([np.ones(len(test_labels), bool), np.zeros(pad, bool)])
     test_images = np.concatenate([test_images, np.zeros((pad,) + test_images.shape[1:], np.uint8)])
     test_labels = np.concatenate([test_labels, np.zeros(pad, np.int32)])
-    self._idx_sharding = sharding.batch_sharded(mesh, batch_axis=1)
-    self.test = tuple(sharding.put_global(a.reshape((nb, eb) + a.shape[1:]), self._idx_sharding)
+    # Index and test arrays are [steps or batches, batch, ...]: their batch is axis 1.
+    self._axis1_sharded = sharding.batch_sharded(mesh, batch_axis=1)
+    self.test = tuple(sharding.put_global(a.reshape((nb, eb) + a.shape[1:]), self._axis1_sharded)
                       for a in (test_images, test_labels, mask))
     self._perm_epoch, self._perm = None, None
 
@@ -108,34 +114,32 @@ class DeviceData:
   def train_args(self, step: int, n: int) -> tuple:
     """The whole set and the indices [n, batch] of steps [step, step + n) of one epoch."""
     epoch, pos = divmod(step, self.steps_per_epoch)
-    idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._idx_sharding)
+    idx = sharding.put_global(self._epoch_order(epoch)[pos:pos + n], self._axis1_sharded)
     return self.images, self.labels, idx
 
   def eval_batches(self) -> Iterable[tuple]:
-    return (self.test,)  # one dispatch: the test set as [batches, batch, ...]
+    return (self.test,)
 
 
 class StreamedData:
   """A data set streamed from the host (ImageNet): per-process slices of each global batch."""
 
-  augment = None
+  held_on_device, augment_on_device = False, None
 
   def __init__(self, config, mesh):
-    from skipinit.data import imagenet  # TensorFlow stays out of CIFAR runs
-    self.source = imagenet.make_imagenet(config, jax.process_index(), jax.process_count())
-    self.normalize = None if self.source.normalized else (imagenet.MEAN_RGB, imagenet.STDDEV_RGB)
-    self.steps_per_epoch = self.source.steps_per_epoch  # (make_imagenet checks the batch size)
+    src = self.source = imagenet.make_imagenet(config, jax.process_index(), jax.process_count())
+    self.normalize_stats = None if src.normalized else (imagenet.MEAN_RGB, imagenet.STDDEV_RGB)
+    self.steps_per_epoch = src.steps_per_epoch  # (make_imagenet checks the batch size)
     self._batch_sharding = sharding.batch_sharded(mesh)
     self._iter, self._iter_step = None, None
-    self.fingerprint = {"train_examples": self.source.num_train_examples,
-                        "test_examples": self.source.num_eval_examples, **_data_names(config)}
+    self.fingerprint = {"train_examples": src.num_train_examples,
+                        "test_examples": src.num_eval_examples, **_data_names(config)}
     if config.data.eval_subset:
       raise ConfigError(f"data.eval_subset={config.data.eval_subset} is for data held on the "
                         "device (CIFAR-10); ImageNet evaluates its whole validation split: use 0")
 
   def train_args(self, step: int, n: int) -> tuple:
     """The images and labels of step `step`, from an iterator two batches ahead."""
-    from skipinit.data import imagenet
     assert n == 1, n  # one step per dispatch
     epoch, pos = divmod(step, self.steps_per_epoch)
     if self._iter is None or self._iter_step != step or pos == 0:
@@ -147,6 +151,5 @@ class StreamedData:
     return batch["images"], batch["labels"]
 
   def eval_batches(self) -> Iterable[tuple]:
-    from skipinit.data import imagenet
     for b in imagenet.device_prefetch(self.source.eval_batches(), self._batch_sharding, size=2):
       yield b["images"], b["labels"], b["mask"]

@@ -36,7 +36,7 @@ class Experiment:
   data: "sources.Source"  # (a string: sources imports train.sharding, so this package)
   init_state: Callable  # () -> TrainState, replicated over the mesh
   steps_per_dispatch: int  # k on data held on the devices, 1 on streamed data
-  run: tuple  # steps.run_constants(seed's key, lr): a dispatch's last argument
+  run_constants: tuple  # steps.run_constants(seed's key, lr): a dispatch's last argument
   chunk: Callable  # (state, *dispatch_args) -> state: one dispatch (benchmarks time this one)
   chunk_flagged: Callable  # the same, -> (state, its first_bad_step)
   evaluate: Callable  # state -> sums of loss, correct and count over the test set
@@ -52,7 +52,7 @@ class Experiment:
 
   def dispatch_args(self, step: int, n: int) -> tuple:
     """Every argument but the state of the dispatch that runs steps [step, step + n)."""
-    return (*self.data.train_args(step, n), self.run)
+    return (*self.data.train_args(step, n), self.run_constants)
 
 
 def build_experiment(config, mesh) -> Experiment:
@@ -73,22 +73,23 @@ def build_experiment(config, mesh) -> Experiment:
   tx = optim.make_optimizer(t, shape_fn, abstract_params, model.recipe)
   train_step = steps.make_train_step(model, tx, config.model.num_classes, t.label_smoothing)
   dtype = models.DTYPES[config.model.dtype]
-  preprocess = ((lambda x: augment.normalize(x, *data.normalize, dtype)) if data.normalize
-                else (lambda x: x))
+  preprocess = ((lambda x: augment.normalize(x, *data.normalize_stats, dtype))
+                if data.normalize_stats else (lambda x: x))
   eval_batch = steps.make_eval_fn(model, config.model.num_classes, preprocess)
-  if data.augment:  # held on the devices: k steps per dispatch; the test set in one, summed there
+  if data.held_on_device:  # k steps per dispatch; the test set in one dispatch, summed there
     k, chunk = t.steps_per_dispatch, steps.make_device_data_chunk(
-        train_step, lambda rng, x: preprocess(data.augment(rng, x)), sharding.batch_sharded(mesh))
-    (test_set,), eval_set = data.eval_batches(), jax.jit(steps.make_device_data_eval(eval_batch))
-    evaluate = lambda state: jax.device_get(eval_set(state.variables(), *test_set))
+        train_step, lambda rng, x: preprocess(data.augment_on_device(rng, x)),
+        sharding.batch_sharded(mesh))
+    (test_set,), eval_all = data.eval_batches(), jax.jit(steps.make_device_data_eval(eval_batch))
+    evaluate = lambda state: jax.device_get(eval_all(state.variables(), *test_set))
   else:  # streamed: one step per dispatch; the eval batches summed on the host
-    k, chunk, eval_batch = 1, steps.make_streamed_step(train_step, preprocess), jax.jit(eval_batch)
-    evaluate = lambda state: _host_sums(eval_batch, state.variables(), data.eval_batches())
+    k, chunk, eval_one = 1, steps.make_streamed_step(train_step, preprocess), jax.jit(eval_batch)
+    evaluate = lambda state: _host_sums(eval_one, state.variables(), data.eval_batches())
   init = jax.jit(lambda key: steps.create_train_state(model, tx, key, image_shape),
                  out_shardings=sharding.replicated(mesh))
   return Experiment(
       lr_fn=lr_fn, data=data, init_state=lambda: init(init_key),
-      steps_per_dispatch=k, run=steps.run_constants(data_key, t.lr),
+      steps_per_dispatch=k, run_constants=steps.run_constants(data_key, t.lr),
       chunk=jax.jit(chunk, donate_argnums=0),
       chunk_flagged=jax.jit(steps.with_divergence_flag(chunk), donate_argnums=0), evaluate=evaluate)
 
