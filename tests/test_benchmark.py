@@ -56,6 +56,15 @@ def test_a_row_may_set_its_own_steps_per_dispatch():
   assert r.step_ms == pytest.approx(1e3 * 8 / r.examples_per_sec)
 
 
+def test_a_dispatch_longer_than_the_data_set_is_one_clear_error(tmp_path):
+  from conftest import SAMPLE_DIR  # 400 training images: fewer than one 8-step dispatch of 64
+  row = benchmark.parse_row(f"10-1:skipinit:64:float32:num_devices=1+source=folder"
+                            f"+path={SAMPLE_DIR}+cache_dir={tmp_path}")
+  with pytest.raises(ConfigError, match="8-step dispatch needs 512 training examples; the data "
+                     "set has 400"):
+    benchmark.bench_row(row, steps_per_dispatch=8, compile_only=True)
+
+
 def test_bench_row_times_an_imagenet_step_on_a_device_batch():
   row = benchmark.parse_row("r14:batchnorm:8:float32:width=0.125+image_size=64+ghost_batch_size=8"
                             "+num_devices=1")

@@ -152,10 +152,9 @@ def fit_ghost_batch(row: Row, steps_per_dispatch: int = 1) -> Row:
   gcd(64, per-device batch) instead (for the powers of two the batch-size sweep uses, its
   min(64, batch)), said in the row's overrides."""
   config = row_config(row, steps_per_dispatch)
-  ghost = config.model.ghost_batch_size
+  ghost = models.ghost_batch(config.model)
   per_device, rest = divmod(config.train.batch_size, config.train.num_devices or jax.device_count())
-  if (config.model.normalizer != "batchnorm" or not ghost or rest or not per_device % ghost
-      or "ghost_batch_size" in row.overrides):
+  if not ghost or rest or not per_device % ghost or "ghost_batch_size" in row.overrides:
     return row  # (a batch the devices do not divide is the row's error, reported when it runs)
   return dataclasses.replace(row, overrides="+".join(
       filter(None, [row.overrides, f"ghost_batch_size={math.gcd(ghost, per_device)}"])))
@@ -174,15 +173,17 @@ def bench_row(row: Row, steps_per_dispatch: int = 8, max_dispatches: int = 20,
   cfg_lib.validate(config, num_devices=mesh.size)
   exp = loop.build_experiment(config, mesh)
   state = exp.init_state()
-  n, k = exp.steps_per_dispatch, config.train.steps_per_dispatch  # n: 1 on streamed data
-  fn, args, examples = exp.chunk, exp.dispatch_args(0, n), n * config.train.batch_size
+  n, batch = exp.steps_per_dispatch, config.train.batch_size  # n: 1 on streamed data
+  if n > exp.data.steps_per_epoch:  # (dispatch_args would cut it short at the epoch's end)
+    raise ConfigError(f"a {n}-step dispatch needs {n * batch} training examples; the data set "
+                      f"has {exp.data.fingerprint['train_examples']}")
+  fn, args, examples = exp.chunk, exp.dispatch_args(0, n), n * batch
   t0 = time.perf_counter()
   compiled = fn.lower(state, *args).compile()
   compile_s = time.perf_counter() - t0
-  image_size = config.data.image_size
-  gflops = 6 * forward_macs(config.model, image_size) / 1e9
+  gflops = 6 * forward_macs(config.model, config.data.image_size) / 1e9
   result = BenchResult(model=row.model, normalizer=row.normalizer, batch_size=row.batch_size,
-                       dtype=row.dtype, overrides=row.overrides, steps_per_dispatch=k,
+                       dtype=row.dtype, overrides=row.overrides, steps_per_dispatch=n,
                        device=jax.devices()[0].device_kind, compile_s=compile_s,
                        train_gflops_per_example=gflops,
                        peak_memory_gb=_program_memory_gb(compiled))
@@ -204,12 +205,12 @@ def bench_row(row: Row, steps_per_dispatch: int = 8, max_dispatches: int = 20,
     windows.append((time.perf_counter() - t0) / per_window)
   seconds = statistics.median(windows)
   result.examples_per_sec = examples / seconds
-  result.step_ms = 1e3 * seconds / k
+  result.step_ms = 1e3 * seconds / n
   result.tflops = result.examples_per_sec * gflops / 1e3
   result.timed_dispatches = per_window * len(windows)
   if profile:
     try:
-      result.profile = profile_dispatches(compiled, state, args, steps=2 * k)
+      result.profile = profile_dispatches(compiled, state, args, steps=2 * n)
     except Exception as e:  # no CUPTI, say: the timing above still stands
       result.profile = {"note": f"profiling failed: {type(e).__name__}: {e}"}
   return result
