@@ -112,12 +112,15 @@ def load_config(spec: str | None):
 
 
 def _check_overrides(config, argv) -> None:
-  """Each --config.SECTION.KEY=V names a key (ml_collections would raise a traceback's text)."""
+  """Each --config.SECTION.KEY=V names a key (ml_collections would raise a traceback's text).
+
+  Not cfg_lib.resolve_key: that accepts short keys (lr), which these flags do not.
+  """
   for a in argv[1:]:
     path = a[len("--config."):].split("=", 1)[0].split(".") if a.startswith("--config.") else []
-    if path and path[0] not in config:
-      name = path[0]
-    elif len(path) > 1 and path[1] not in config[path[0]]:
+    if path and (len(path) != 2 or path[0] not in config):
+      name = ".".join(path)
+    elif path and path[1] not in config[path[0]]:
       close = difflib.get_close_matches(path[1], list(config[path[0]].keys()), n=1)
       name = path[1] + (f" Did you mean {close[0]} instead of {path[1]} ?" if close else "")
     else:
@@ -138,6 +141,9 @@ def parse_flags_or_exit(argv):
       rest.append(a)
   _CONFIG_GIVEN = spec is not None
   try:
+    if spec is not None and (not spec or spec.startswith("-")):
+      raise ConfigError("--config needs a config file: --config=FILE.py[:ARG], e.g. "
+                        "--config=configs/cifar10_wrn.py:sample")
     config = load_config(spec)
     _check_overrides(config, rest)
     _CONFIG = config_flags.DEFINE_config_dict("config", config, "Config file and argument: "
@@ -146,6 +152,9 @@ def parse_flags_or_exit(argv):
     return flags.FLAGS(rest)
   except (SkipInitError, flags.Error) as e:
     print(f"error: {e}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:  # what ml_collections raises for an override it cannot set
+    print(f"error: a --config.SECTION.KEY=VALUE override failed: {e.args[0] if e.args else e}",
+          file=sys.stderr)
   sys.exit(2)
 
 

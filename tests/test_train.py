@@ -268,6 +268,10 @@ def test_real_images_from_the_folder_source(cifar_config, tmp_path):
     ("smoke,keep_checkpoints=0", "train.keep_checkpoints=0 is not valid"),
     ("smoke --config.train.lrr=1", "--config.train.lrr=1 names no config key (lrr Did you mean lr"),
     ("smoke lr=0.1", "unexpected arguments 'lr=0.1'"),
+    ("smoke --config=", "--config needs a config file: --config=FILE.py[:ARG]"),  # (the last counts)
+    ("smoke --config", "--config needs a config file: --config=FILE.py[:ARG]"),
+    ("smoke --config.a.b.c=1", "--config.a.b.c=1 names no config key (a.b.c)"),
+    ("smoke --config.train.lr.x=1", "--config.train.lr.x=1 names no config key (train.lr.x)"),
 ])
 def test_bad_input_gives_one_line_and_keeps_the_run_directory(tmp_path, arg, message):
   workdir = tmp_path / "run"
