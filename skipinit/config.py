@@ -209,7 +209,8 @@ def validate(config, num_devices: int | None = None) -> None:
           f"train.batch_size={t.batch_size} is not divisible by the {num_devices} devices: use a "
           f"multiple of {num_devices} (or set train.num_devices)")
     per_device = t.batch_size // num_devices
-  models.validate_model_config(config.model, per_device)
+  models.model_parts(config.model)  # raises what build_model would
+  models.check_ghost_batch(config.model, per_device or 0)
   models.check_ghost_batch(config.model, t.batch_size, per_device=False)
   if t.schedule not in SCHEDULES:
     raise ConfigError(f"train.schedule={t.schedule!r} is unknown: use one of {', '.join(SCHEDULES)}")

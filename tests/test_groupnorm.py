@@ -51,10 +51,10 @@ def test_groups_must_divide_the_channels_of_every_norm():
   with pytest.raises(ConfigError, match=r"groupnorm_groups=12 does not divide .*16, 32, 64"):
     models.build_model(model_config(groupnorm_groups=12))
   with pytest.raises(ConfigError, match="groupnorm_groups=16 does not divide .*8"):
-    models.validate_model_config(model_config(name="resnet_v2", depth=14, width=0.125))
+    models.model_parts(model_config(name="resnet_v2", depth=14, width=0.125))
   with pytest.raises(ConfigError, match="implemented for groupnorm only"):
     models.build_model(model_config(normalizer="batchnorm", groupnorm_groups=8))
-  models.validate_model_config(model_config(groupnorm_groups=8))
+  models.model_parts(model_config(groupnorm_groups=8))
 
 
 def test_groupnorm_trains_through_the_trainer(cifar_config, tmp_path):

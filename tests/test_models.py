@@ -256,6 +256,34 @@ def test_ghost_batchnorm_hand_written_vjp_equals_autodiff(relu, ghost):
     assert float(jnp.mean(outputs[True] == 0)) > 0.2
 
 
+def test_ghost_batchnorm_refuses_a_batch_its_ghost_size_does_not_divide():
+  with pytest.raises(ValueError, match=r"ghost_batch_size=3 must be 0 or divide the batch \(8 "):
+    GhostBatchNorm(use_running_average=False, ghost_batch_size=3).init(jax.random.key(0),
+                                                                       jnp.zeros((8, 5)))
+
+
+@pytest.mark.parametrize("normalizer", ["fixup", "groupnorm"])
+def test_recipe_aliases_build_their_variant_as_the_config_defaults_do(normalizer):
+  from skipinit.models import recipes
+  cfg = model_config(depth=10, width=1, normalizer=normalizer)
+  alias = {"fixup": recipes.Fixup, "groupnorm": recipes.GroupNorm}[normalizer]()
+  stages, stem, _ = models.model_parts(cfg)
+  m = models.ResNet(stages=stages, recipe=alias, num_classes=10, stem_features=stem)
+  x = images(2)
+  ours = jax.jit(lambda: m.init(jax.random.key(0), x, train=False))()
+  jax.tree.map(np.testing.assert_array_equal, ours, init(cfg, x))
+
+
+def test_validating_a_config_starts_no_jax_backend():
+  """The sweep launcher validates configs: on a GPU host a started backend would take the GPU's
+  memory in the launcher."""
+  import subprocess
+  import sys
+  code = ("from skipinit import config; from jax._src import xla_bridge; "
+          "config.validate(config.base_config()); assert not xla_bridge._backends, 'started'")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_relu_with_output_mask_has_jax_relu_gradient():
   from skipinit.models.layers import relu
   x = jnp.concatenate([jax.random.normal(jax.random.key(0), (50,)), jnp.zeros(3)])
@@ -342,7 +370,8 @@ def test_ghost_bn_train_output_does_not_depend_on_device_count():
     (dict(name="resnet_v2", depth=34), "50, 101"),
     (dict(dtype="float16"), "float32, bfloat16"),
     (dict(normalizer="fixup", fixup_init="zero"), "full, zero_only, rescale_only"),
-    (dict(normalizer="skipinit", fixup_init="zero_only"), "normalizer='fixup' only"),
+    (dict(normalizer="skipinit", fixup_init="zero_only"),
+     "fixup_init='zero_only' is implemented for fixup only, not for model.normalizer='skipinit'"),
     (dict(conv_init="glorot"), "he, fan_in"),
     (dict(classifier_init="ones"), "zeros, lecun_normal, normal_0.01"),
     (dict(residual_dtype="float64"), "residual_dtype='float64' is unknown"),
@@ -354,8 +383,8 @@ def test_bad_model_configs_raise_clear_errors(overrides, message):
 
 def test_ghost_batch_must_divide_per_device_batch():
   with pytest.raises(ConfigError, match="does not divide the per-device batch of 8"):
-    models.validate_model_config(model_config(ghost_batch_size=64), per_device_batch=8)
-  models.validate_model_config(model_config(ghost_batch_size=4), per_device_batch=8)
+    models.check_ghost_batch(model_config(ghost_batch_size=64), 8)
+  models.check_ghost_batch(model_config(ghost_batch_size=4), 8)
 
 
 def test_deep_wrn_stacks_blocks_with_scan():

@@ -80,13 +80,13 @@ def test_branches_compute_in_bfloat16_and_the_stream_in_float32():
 
 def test_old_layout_is_still_selectable_and_bad_values_are_refused():
   cfg = precision.skipinit_config(10, 1, 0.0, "bfloat16", "bfloat16")
-  models.validate_model_config(cfg)
+  models.model_parts(cfg)
   cfg.update(residual_dtype="float16")
   with pytest.raises(ConfigError, match="residual_dtype='float16' is unknown"):
-    models.validate_model_config(cfg)
+    models.model_parts(cfg)
   cfg.update(dtype="float32", residual_dtype="bfloat16")
   with pytest.raises(ConfigError, match="narrower than model.dtype=float32"):
-    models.validate_model_config(cfg)
+    models.model_parts(cfg)
   assert cfg_lib.base_config().model.residual_dtype == "float32"
 
 

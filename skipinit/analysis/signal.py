@@ -34,7 +34,7 @@ import numpy as np
 
 from skipinit import config as config_lib
 from skipinit.data import cifar10
-from skipinit.models import build_model, stage_specs, validate_model_config
+from skipinit.models import build_model, model_parts, stage_specs
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FULL_CIFAR10 = os.path.join(_REPO, ".cache", "cifar10-jpeg.tar.gz")
@@ -126,11 +126,10 @@ def resnet_block_variances(model_config, images, seed: int = 0) -> dict:
   intermediates = init(jax.random.PRNGKey(seed), jnp.asarray(images, jnp.float32))
   specs = stage_specs(model_config)
   stats = block_stats(jax.device_get(intermediates), len(specs))
-  if stats["stage"].size != sum(spec.num_blocks for spec in specs):
-    raise RuntimeError(
-        f"found the intermediates of {stats['stage'].size} residual blocks, expected "
-        f"{sum(spec.num_blocks for spec in specs)}: did the block names in "
-        "skipinit.models.resnet change?")
+  d = sum(spec.num_blocks for spec in specs)
+  if stats["stage"].size != d:
+    raise RuntimeError(f"found the intermediates of {stats['stage'].size} residual blocks, "
+                       f"expected {d}: did the block names in skipinit.models.resnet change?")
   return stats
 
 
@@ -310,7 +309,7 @@ def figure4(out_dir: str, data_path: str | None = None, num_images: int = 128, d
   import matplotlib.pyplot as plt
 
   for overrides in WRN_VARIANTS.values():  # a bad depth or width: one error before any work
-    validate_model_config(wrn_config(depth, width, **overrides))
+    model_parts(wrn_config(depth, width, **overrides))
   os.makedirs(out_dir, exist_ok=True)
   data_path = data_path or default_cifar10_path()
   if data_path == SAMPLE_CIFAR10:

@@ -74,9 +74,9 @@ def check_ghost_batch(model_config, batch: int, per_device: bool = True) -> None
                     "batch is the whole batch)")
 
 
-def validate_model_config(model_config, per_device_batch: int | None = None):
-  """Raises ConfigError with one clear sentence for anything build_model would reject; returns
-  what it builds: (stages, stem features, recipe)."""
+def model_parts(model_config):
+  """What build_model builds a ResNet from: (stages, stem features, recipe), or a ConfigError
+  with one clear sentence for anything in the config it cannot build."""
   m = model_config
   stages = stage_specs(m)
   stem = int(64 * float(m.width)) if m.name == "resnet_v2" else 16
@@ -85,20 +85,20 @@ def validate_model_config(model_config, per_device_batch: int | None = None):
   for key in ("dtype", "residual_dtype"):
     if m[key] not in DTYPES:
       raise ConfigError(f"model.{key}={m[key]!r} is unknown: use one of {', '.join(DTYPES)}")
-  if DTYPES[m.residual_dtype](0).itemsize < DTYPES[m.dtype](0).itemsize:
+  if jnp.dtype(DTYPES[m.residual_dtype]).itemsize < jnp.dtype(DTYPES[m.dtype]).itemsize:
     raise ConfigError(f"model.residual_dtype={m.residual_dtype} is narrower than "
                       f"model.dtype={m.dtype}: the residual stream must be at least as "
                       "precise as the branches (use residual_dtype=float32)")
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={m.dropout_rate!r} must be in [0, 1)")
-  check_ghost_batch(m, per_device_batch or 0)
+  check_ghost_batch(m, 0)  # (a negative ghost batch; the batch is checked by config.validate)
   return stages, stem, recipe
 
 
 def build_model(model_config) -> ResNet:
   """The flax module a `model` config describes; `module.apply(v, images_nhwc, train=...)` -> logits."""
   m = model_config
-  stages, stem, recipe = validate_model_config(m)
+  stages, stem, recipe = model_parts(m)
   return ResNet(stages=stages, recipe=recipe, num_classes=m.num_classes, stem_features=stem,
                 imagenet_stem=m.name == "resnet_v2", dropout_rate=float(m.dropout_rate),
                 remat=bool(m.remat), scan_unroll=int(m.scan_unroll), dtype=DTYPES[m.dtype],
@@ -110,6 +110,6 @@ def num_residual_blocks(model_config) -> int:
   return sum(s.num_blocks for s in stage_specs(model_config))
 
 
-__all__ = ["build_model", "validate_model_config", "check_ghost_batch", "ghost_batch", "num_residual_blocks", "stage_specs",
+__all__ = ["build_model", "model_parts", "check_ghost_batch", "ghost_batch", "num_residual_blocks", "stage_specs",
            "wrn_blocks_per_stage", "Recipe", "RECIPES", "make_recipe", "parse_alpha_init",
            "PreActBlock", "ResNet", "StageSpec", "FAMILIES", "DTYPES"]

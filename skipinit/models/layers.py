@@ -82,7 +82,9 @@ class GhostBatchNorm(nn.Module):
       return nn.relu(y) if self.relu else y
 
     batch = x.shape[0]
-    ghost = self.ghost_batch_size or batch  # it divides the batch: models.check_ghost_batch
+    ghost = self.ghost_batch_size or batch
+    if ghost < 0 or batch % ghost:  # (config.validate's error, which users see, comes first)
+      raise ValueError(f"ghost_batch_size={ghost} must be 0 or divide the batch ({batch} examples)")
     bn = ghost_batch_norm if self.fused else _ghost_batch_norm_forward
     y, mean, var = bn(x.astype(self.dtype), scale, bias, ghost, self.epsilon, self.relu)
     if not self.is_initializing():

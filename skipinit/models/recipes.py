@@ -21,6 +21,8 @@ from skipinit.models import layers
 from skipinit.models.layers import CLASSIFIER_INITS, CONV_INITS, GhostBatchNorm
 
 NF_ACTIVATION_GAIN = 1.7139588594436646  # ReLU gain of NF-ResNets: 1/sqrt(E[relu(z)^2] - E[relu(z)]^2)
+FIXUP_GAIN = "scale"  # Fixup's branch multiplier, as its official code, whose lr groups go by name
+_model_defaults = functools.cache(lambda: config_lib.base_config().model.to_dict())  # built once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +31,8 @@ class Recipe:
 
   name: str
   # The norm before every activation (pre-activation order) and before the head, or None: a flax
-  # module factory called as norm(use_running_average=, relu=True, dtype=, name=), whose module
-  # applies the norm and the ReLU (GhostBatchNorm fuses them into one op).
+  # module factory called as norm(use_running_average=, dtype=, name=), whose module applies the
+  # norm and then the ReLU (GhostBatchNorm fuses them into one op). Not with `scalar_biases`.
   norm: Optional[Callable[..., nn.Module]] = None
   # Biases in the block convs (the stem conv never has one).
   conv_bias: bool = False
@@ -43,11 +45,8 @@ class Recipe:
   # Fixup (Zhang et al. 2019): scalar biases before convs/activations/classifier and a branch bias,
   # in the same pre-activation block as every other variant, so that the tables compare
   # initializations and normalizers on one architecture; `post_activation` builds the reference
-  # code's network instead (relu after the sum, a biased relu after the stem, no activation before
-  # the pool). `fixup_init` names its conv init (`fixup_conv_inits`): "full", or one of the
-  # SkipInit paper's ablations of it [2nd], "zero_only" and "rescale_only".
+  # code's network instead (relu after the sum, a biased relu after the stem, none before the pool).
   scalar_biases: bool = False
-  fixup_init: str = ""
   post_activation: bool = False
   # The block convs' init where the variant has its own: conv_inits(i, m, d) for conv i of a
   # branch of m (-1: the projection shortcut) in a network of d blocks. None: `conv_init`.
@@ -68,11 +67,11 @@ class Recipe:
   track_variance: bool = False
 
 
-def fixup_conv_inits(half: str):
+def fixup_conv_inits(half: str = "full"):
   """Fixup's convs as its official code (and DeepMind's): a plain normal on the fan-out, the
   branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std, the projection
-  N(0, 2/fan_out). Its ablations keep one half: the zero (others unscaled), or the rescale (of
-  every conv, the last one included)."""
+  N(0, 2/fan_out). The SkipInit paper's ablations of it [2nd] keep one half: "zero_only" (others
+  unscaled), or "rescale_only" (of every conv, the last one included)."""
   zero_last, rescale = half in ("full", "zero_only"), half in ("full", "rescale_only")
   fan_out_normal = functools.partial(nn.initializers.variance_scaling, mode="fan_out",
                                      distribution="normal")  # not He's fan-in
@@ -87,27 +86,38 @@ def fixup_conv_inits(half: str):
 
 
 def fixup_scalars(path: tuple) -> bool:
-  """Fixup's scalar biases (named *_bias), branch multipliers (`scale`) and the classifier's bias:
-  the official code's optimizer puts every parameter named *bias* or *scale* in its base_lr/10
+  """Fixup's scalar biases (named *_bias), branch multipliers and the classifier's bias: the
+  official code's optimizer puts every parameter named *bias* or *scale* in its base_lr/10
   group, the linear layer's bias included."""
-  return path[-1].endswith("_bias") or path[-1] == "scale" or path == ("classifier", "bias")
+  return path[-1].endswith("_bias") or path[-1] == FIXUP_GAIN or path == ("classifier", "bias")
 
 
-BatchNorm = functools.partial(Recipe, name="batchnorm", norm=GhostBatchNorm)
+_bn_relu = functools.partial(GhostBatchNorm, relu=True)
+BatchNorm = functools.partial(Recipe, name="batchnorm", norm=_bn_relu)
 SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name="alpha",
                              gain_init=0.0, classifier_init="zeros")
-Fixup = functools.partial(Recipe, name="fixup", gain_name="scale", gain_init=1.0,
+Fixup = functools.partial(Recipe, name="fixup", gain_name=FIXUP_GAIN, gain_init=1.0,
                           scalar_biases=True, classifier_init="zeros",
-                          scalar_lr_group=fixup_scalars)
+                          conv_inits=fixup_conv_inits(), scalar_lr_group=fixup_scalars)
 NoNorm = functools.partial(Recipe, name="none", conv_bias=True)
 Sqrt2Merge = functools.partial(Recipe, name="sqrt2_merge", conv_bias=True, out_scale=1 / math.sqrt(2))
 NFResNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain",
                              gain_init=0.0, branch_multiplier=0.2, classifier_init="normal_0.01",
                              weight_standardization=True, activation_gain=NF_ACTIVATION_GAIN,
                              track_variance=True)
-# GroupNorm (Wu & He 2018) where BatchNorm is, without its batch statistics: does the bias towards
-# the identity at depth need them (PAPER.md section 5)? No conv biases, as a BatchNorm ResNet.
-GroupNorm = functools.partial(Recipe, name="groupnorm")
+
+
+def GroupNorm(groups: Optional[int] = None, **fields) -> Recipe:
+  """GroupNorm (Wu & He 2018) where BatchNorm is, without its batch statistics: does the bias
+  towards the identity at depth need them (PAPER.md section 5)? No conv biases, as a BatchNorm
+  ResNet. `groups`: model.groupnorm_groups' default unless given."""
+  groups = _model_defaults()["groupnorm_groups"] if groups is None else groups
+  def norm(*, use_running_average, dtype, name):  # the norm protocol; no running statistics
+    layer = nn.GroupNorm(num_groups=groups, dtype=dtype, name=name)
+    return lambda x: layers.relu(layer(x))  # (its mask from its output, which the conv saves)
+  return Recipe(name="groupnorm", norm=norm, **fields)
+
+
 NAMED_ALPHAS = ("0", "inv_sqrt_d", "1")
 FIXUP_INITS = ("full", "zero_only", "rescale_only")
 
@@ -133,20 +143,13 @@ def _choice(m, key: str, allowed, hint: str = "") -> str:
 
 
 class Variant(NamedTuple):
-  """A row of `RECIPES`: the variant's `Recipe` alias; fields(model config, d, widths), the Recipe
-  fields its config keys set (d: residual blocks; widths: the channel counts the norms see); and
-  the model.<key>s only it implements, which the others refuse away from their defaults."""
+  """A row of `RECIPES`: the variant's `Recipe` alias; fields(model config, d, widths), the alias's
+  arguments its config keys set (d: residual blocks; widths: the channel counts the norms see);
+  and the model.<key>s only it implements, which the others refuse away from their defaults."""
 
   recipe: Callable[..., Recipe]
   fields: Callable[[object, int, Sequence[int]], dict] = lambda m, d, widths: {}
   own_keys: tuple[str, ...] = ()
-
-
-def _then_relu(norm, *, use_running_average, relu: bool, dtype, name):
-  """The recipe's norm protocol for a flax norm that neither fuses the ReLU nor keeps running
-  statistics: the norm, then `layers.relu` (its mask from its output, which the conv saves)."""
-  layer = norm(dtype=dtype, name=name)
-  return (lambda x: layers.relu(layer(x))) if relu else layer
 
 
 def _groupnorm(groups: int, widths):
@@ -154,20 +157,16 @@ def _groupnorm(groups: int, widths):
     raise ConfigError(f"model.groupnorm_groups={groups} does not divide the channel counts of this "
                       f"network's norms ({', '.join(map(str, widths))}): use a divisor of them all "
                       f"(their greatest common divisor is {math.gcd(*widths)})")
-  return {"norm": functools.partial(_then_relu, functools.partial(nn.GroupNorm, num_groups=groups))}
-
-
-def _fixup(m, half):
-  return {"fixup_init": half, "conv_inits": fixup_conv_inits(half),
-          "post_activation": bool(m.post_activation)}
+  return {"groups": groups}
 
 
 # model.normalizer -> its row; the error for an unknown one lists them in this order.
 RECIPES = {
     "batchnorm": Variant(BatchNorm, lambda m, d, widths: {"norm": functools.partial(
-        GhostBatchNorm, ghost_batch_size=int(m.ghost_batch_size), fused=bool(m.fused_bn))}),
-    "fixup": Variant(Fixup, lambda m, d, widths: _fixup(m, _choice(m, "fixup_init", FIXUP_INITS)),
-                     own_keys=("fixup_init", "post_activation")),
+        _bn_relu, ghost_batch_size=int(m.ghost_batch_size), fused=bool(m.fused_bn))}),
+    "fixup": Variant(Fixup, lambda m, d, widths: {
+        "conv_inits": fixup_conv_inits(_choice(m, "fixup_init", FIXUP_INITS)),
+        "post_activation": bool(m.post_activation)}, own_keys=("fixup_init", "post_activation")),
     "nf": Variant(NFResNet, lambda m, d, widths: {"branch_multiplier": float(m.nf_alpha),
                                                   "gain_init": float(m.nf_skip_gain_init)}),
     "none": Variant(NoNorm),
@@ -185,12 +184,11 @@ def make_recipe(model_config, num_blocks: int, widths: Sequence[int] = ()) -> Re
   m, name = model_config, model_config.normalizer
   if name not in RECIPES:
     raise ConfigError(f"model.normalizer={name!r} is unknown: use one of {', '.join(RECIPES)}")
-  defaults = config_lib.base_config().model
   for owner, row in RECIPES.items():
-    for key in (k for k in row.own_keys if owner != name and m[k] != defaults[k]):
+    for key in (k for k in row.own_keys if owner != name and m[k] != _model_defaults()[k]):
       shown = str(m[key]).lower() if isinstance(m[key], bool) else repr(m[key])
-      raise ConfigError(f"model.{key}={shown} is implemented for {owner} only (a key of "
-                        f"model.normalizer='{owner}' only), not for model.normalizer={name!r}")
+      raise ConfigError(f"model.{key}={shown} is implemented for {owner} only, not for "
+                        f"model.normalizer={name!r}")
   fields = RECIPES[name].fields(m, num_blocks, widths)
   if m.conv_bias is not None:
     fields["conv_bias"] = bool(m.conv_bias)

@@ -71,7 +71,7 @@ class _RecipeMixin:
     if r.activation_gain != 1.0 or scale is not None:
       factor = jnp.asarray(r.activation_gain, jnp.float32) * (1.0 if scale is None else scale)
     if r.norm:
-      y = r.norm(use_running_average=not train, relu=True, dtype=x.dtype, name=name)(x)
+      y = r.norm(use_running_average=not train, dtype=x.dtype, name=name)(x)
     elif r.scalar_biases:
       y = nn.relu(self.scalar_bias(x, f"{name}_bias"))
     else:
