@@ -48,9 +48,9 @@ class Recipe:
   # code's network instead (relu after the sum, a biased relu after the stem, none before the pool).
   scalar_biases: bool = False
   post_activation: bool = False
-  # The block convs' init where the variant has its own: conv_inits(i, m, d) for conv i of a
-  # branch of m (-1: the projection shortcut) in a network of d blocks. None: `conv_init`.
-  conv_inits: Optional[Callable[[int, int, int], Callable]] = None
+  # Fixup's conv init (`conv_inits`): "full", or one of the SkipInit paper's ablations of it [2nd],
+  # "zero_only" and "rescale_only"; "": `conv_init` instead.
+  fixup_init: str = ""
   # The parameters (a predicate on their path) trained at train.fixup_scalar_lr's rate.
   scalar_lr_group: Optional[Callable[[tuple], bool]] = None
   # Initializers (layers.CONV_INITS, layers.CLASSIFIER_INITS). Convs: He by default for every
@@ -66,8 +66,14 @@ class Recipe:
   activation_gain: float = 1.0
   track_variance: bool = False
 
+  @property
+  def conv_inits(self) -> Optional[Callable[[int, int, int], Callable]]:
+    """The block convs' init where the variant has its own: conv_inits(i, m, d) for conv i of a
+    branch of m (-1: the projection shortcut) in a network of d blocks. None: `conv_init`."""
+    return fixup_conv_inits(self.fixup_init) if self.fixup_init else None
 
-def fixup_conv_inits(half: str = "full"):
+
+def fixup_conv_inits(half: str):
   """Fixup's convs as its official code (and DeepMind's): a plain normal on the fan-out, the
   branch's last conv zero and the others scaled by L^(-1/(2m-2)) in std, the projection
   N(0, 2/fan_out). The SkipInit paper's ablations of it [2nd] keep one half: "zero_only" (others
@@ -98,7 +104,7 @@ SkipInit = functools.partial(Recipe, name="skipinit", conv_bias=True, gain_name=
                              gain_init=0.0, classifier_init="zeros")
 Fixup = functools.partial(Recipe, name="fixup", gain_name=FIXUP_GAIN, gain_init=1.0,
                           scalar_biases=True, classifier_init="zeros",
-                          conv_inits=fixup_conv_inits(), scalar_lr_group=fixup_scalars)
+                          fixup_init="full", scalar_lr_group=fixup_scalars)
 NoNorm = functools.partial(Recipe, name="none", conv_bias=True)
 Sqrt2Merge = functools.partial(Recipe, name="sqrt2_merge", conv_bias=True, out_scale=1 / math.sqrt(2))
 NFResNet = functools.partial(Recipe, name="nf", conv_bias=True, gain_name="skip_gain",
@@ -165,7 +171,7 @@ RECIPES = {
     "batchnorm": Variant(BatchNorm, lambda m, d, widths: {"norm": functools.partial(
         _bn_relu, ghost_batch_size=int(m.ghost_batch_size), fused=bool(m.fused_bn))}),
     "fixup": Variant(Fixup, lambda m, d, widths: {
-        "conv_inits": fixup_conv_inits(_choice(m, "fixup_init", FIXUP_INITS)),
+        "fixup_init": _choice(m, "fixup_init", FIXUP_INITS),
         "post_activation": bool(m.post_activation)}, own_keys=("fixup_init", "post_activation")),
     "nf": Variant(NFResNet, lambda m, d, widths: {"branch_multiplier": float(m.nf_alpha),
                                                   "gain_init": float(m.nf_skip_gain_init)}),
