@@ -1,5 +1,5 @@
 """Config values as text and back, in one place: `parse` reads config overrides (key=value in a
-config argument), sweep knobs ("lo:hi" ranges, "a;b;c" lists) and --slurm_params; `fmt` writes the
+config argument), and sweep knobs ("lo:hi" ranges, "a;b;c" lists); `fmt` writes the
 trainers' --config.key=value flags, run directory names and the defaults in help texts."""
 
 import math

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from skipinit.data import sources
-from skipinit.train import loop, sharding, steps, train_and_evaluate
+from skipinit import sharding
+from skipinit.train import loop, steps, train_and_evaluate
 
 
 def _count_dispatches(monkeypatch):

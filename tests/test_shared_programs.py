@@ -5,7 +5,8 @@ rate and the seed's keys are arguments of the train step, not constants in it.""
 import jax
 import numpy as np
 
-from skipinit.train import loop, sharding
+from skipinit import sharding
+from skipinit.train import loop
 
 
 def _programs(cifar_config, arg):

@@ -309,7 +309,7 @@ def test_config_values_out_of_range_are_refused(cifar_config, arg, message):
 
 
 def test_every_device_means_as_many_as_the_batch_splits_over(cifar_config):
-  from skipinit.train import sharding
+  from skipinit import sharding
   assert sharding.devices_for(cifar_config("smoke,batch_size=64,ghost_batch_size=4")) == 8
   assert sharding.devices_for(cifar_config("smoke,batch_size=16,ghost_batch_size=16")) == 1
   assert sharding.devices_for(cifar_config("smoke,batch_size=48,ghost_batch_size=8")) == 6

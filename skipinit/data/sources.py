@@ -8,9 +8,9 @@ from typing import Callable, Iterable, Protocol
 import jax
 import numpy as np
 
+from skipinit import sharding
 from skipinit.data import augment, cifar10, imagenet  # (imagenet imports TensorFlow lazily)
 from skipinit.errors import ConfigError
-from skipinit.train import sharding
 
 
 class Source(Protocol):

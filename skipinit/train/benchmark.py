@@ -20,7 +20,8 @@ import jax
 
 from skipinit import ConfigError, config as cfg_lib
 from skipinit import models
-from skipinit.train import loop, sharding
+from skipinit import sharding
+from skipinit.train import loop
 
 # Issue 6's reference figures: plain Flax linen (unrolled), one H100, bfloat16, batchnorm, img/s.
 PLAIN_FLAX_H100 = {("WRN-16-4", 128): 60_100, ("WRN-16-4", 512): 94_400,

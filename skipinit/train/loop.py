@@ -17,11 +17,11 @@ import numpy as np
 from absl import logging
 
 from skipinit import config as cfg_lib
-from skipinit import models, rundir
+from skipinit import models, rundir, sharding
 from skipinit.data import augment, sources
 from skipinit.errors import ConfigError
 from skipinit.rundir import Status
-from skipinit.train import optim, sharding, steps
+from skipinit.train import optim, steps
 from skipinit.train.checkpoint import Checkpointer
 from skipinit.train.preemption import Preemption, stop_everywhere, stopped_by
 
@@ -33,7 +33,7 @@ PROGRESS_EVERY_S = 30.0
 class Experiment:
   """What a config builds before training: the data, the jitted steps, the initial state."""
   lr_fn: Any
-  data: "sources.Source"  # (a string: sources imports train.sharding, so this package)
+  data: sources.Source
   init_state: Callable  # () -> TrainState, replicated over the mesh
   steps_per_dispatch: int  # k on data held on the devices, 1 on streamed data
   run_constants: tuple  # steps.run_constants(seed's key, lr): a dispatch's last argument
