@@ -19,11 +19,10 @@ import time
 
 import pytest
 
-from skipinit import sweep as sweep_lib
+from skipinit import rundir, sweep as sweep_lib
 from skipinit.analysis import tables
-from skipinit import rundir
 from skipinit.sweep import executors, spec
-from skipinit.sweep.lock import RunLock, is_locked
+from skipinit.sweep.lock import is_locked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = os.path.join(REPO, "configs", "sweeps", "batch_size.py")
