@@ -25,3 +25,25 @@ def load_config_module(name: str):
 def cifar_config():
   """get_config of configs/cifar10_wrn.py: cifar_config("smoke,lr=0.1")."""
   return load_config_module("cifar10_wrn").get_config
+
+
+def install_fake_trainer(tmp_path, monkeypatch, source: str):
+  """Puts a fake train script (`source`: a few lines of Python, no JAX) in place of
+  scripts/train.py for the sweep executors; returns a function listing the calls it got."""
+  import json
+  from skipinit.sweep import executors, spec
+  script = tmp_path / "fake_train.py"
+  script.write_text(source)
+  calls = tmp_path / "calls.jsonl"
+  calls.touch()
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  monkeypatch.setattr(executors, "TRAIN_SCRIPT", str(script))
+  monkeypatch.setattr(spec, "tfds_installed", lambda: True)  # (the fake needs no TensorFlow)
+  return lambda: [json.loads(line) for line in calls.read_text().splitlines()]
+
+
+def launch_sweep(sweep, sweep_dir, **kw):
+  """skipinit.sweep.launch with its log lines collected: (exit status, lines)."""
+  from skipinit import sweep as sweep_lib
+  logs = []
+  return sweep_lib.launch(sweep, str(sweep_dir), log=logs.append, **kw), logs

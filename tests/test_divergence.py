@@ -9,16 +9,16 @@ from skipinit import sharding
 from skipinit.train import loop, steps, train_and_evaluate
 
 
-def _count_dispatches(monkeypatch):
-  """Counts the dispatches the loop enqueues (each asks its data of DeviceData.train_args once)."""
+def _count_dispatches(monkeypatch, source=sources.DeviceData):
+  """Counts the dispatches the loop enqueues (each asks its source's train_args once)."""
   count = {"n": 0}
-  train_args = sources.DeviceData.train_args
+  train_args = source.train_args
 
   def counting(self, step, n):
     count["n"] += 1
     return train_args(self, step, n)
 
-  monkeypatch.setattr(sources.DeviceData, "train_args", counting)
+  monkeypatch.setattr(source, "train_args", counting)
   return count
 
 
@@ -73,14 +73,7 @@ def test_the_flag_outlives_the_donated_state(cifar_config):
 def test_a_streamed_run_that_diverges_stops_within_a_step(tmp_path, monkeypatch):
   # The ImageNet path (one step per dispatch, synthetic data: no TensorFlow needed).
   from conftest import load_config_module
-  count = {"n": 0}
-  train_args = sources.StreamedData.train_args
-
-  def counting(self, step, n):
-    count["n"] += 1
-    return train_args(self, step, n)
-
-  monkeypatch.setattr(sources.StreamedData, "train_args", counting)
+  count = _count_dispatches(monkeypatch, sources.StreamedData)
   cfg = load_config_module("imagenet_resnet").get_config(
       "smoke,num_devices=1,normalizer=none,lr=1e6,warmup_epochs=0,epochs=8,image_size=32,"
       "log_every_steps=1000,eval_every_epochs=100,checkpoint_every_epochs=100")

@@ -105,13 +105,20 @@ def test_runs_made_before_residual_dtype_and_classifier_init_resume_as_they_trai
   config.json lacks model.residual_dtype) must not continue with the float32 default."""
   import json
   from skipinit import rundir
-  for dtype in ("bfloat16", "float32"):
-    workdir = tmp_path / dtype
+
+  def run_predating(key: str, name: str, arg: str):
+    """A run directory whose config.json lacks model.<key>, and today's config of its command."""
+    workdir = tmp_path / name
     workdir.mkdir()
-    config = cfg_lib.load_config_file("cifar10_wrn", f"smoke,normalizer=skipinit,dtype={dtype}")
+    config = cfg_lib.load_config_file("cifar10_wrn", arg)
     old = json.loads(cfg_lib.to_json(config))
-    del old["model"]["residual_dtype"]
+    del old["model"][key]
     (workdir / "config.json").write_text(json.dumps(old))
+    return workdir, config
+
+  for dtype in ("bfloat16", "float32"):
+    workdir, config = run_predating("residual_dtype", dtype,
+                                    f"smoke,normalizer=skipinit,dtype={dtype}")
     assert config.model.residual_dtype == "float32"
     rundir.keep_legacy_values(str(workdir), config)
     assert config.model.residual_dtype == dtype  # as it trained
@@ -123,12 +130,7 @@ def test_runs_made_before_residual_dtype_and_classifier_init_resume_as_they_trai
         rundir.check_config(str(workdir), config)
   # An NF run keeps the zero classifier it started with; other variants' inits did not change.
   for normalizer, init in (("nf", "zeros"), ("skipinit", ""), ("batchnorm", "")):
-    workdir = tmp_path / normalizer
-    workdir.mkdir()
-    config = cfg_lib.load_config_file("cifar10_wrn", f"smoke,normalizer={normalizer}")
-    old = json.loads(cfg_lib.to_json(config))
-    del old["model"]["classifier_init"]
-    (workdir / "config.json").write_text(json.dumps(old))
+    workdir, config = run_predating("classifier_init", normalizer, f"smoke,normalizer={normalizer}")
     rundir.keep_legacy_values(str(workdir), config)
     assert config.model.classifier_init == init
     rundir.check_config(str(workdir), config)

@@ -19,6 +19,8 @@ from skipinit.errors import ConfigError
 from skipinit.sweep import executors, spec
 from skipinit.sweep.lock import RunLock, is_locked
 
+from conftest import install_fake_trainer, launch_sweep
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEPS = os.path.join(REPO, "configs", "sweeps")
 CHEAP_DEPTH = os.path.join(SWEEPS, "depth_table.py") + ":epochs=2,seeds=2,lr_exps=-4:-3,depths=16;100"
@@ -67,23 +69,7 @@ FAKE_TRAINER = textwrap.dedent("""\
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
   """A fake train script; returns a function listing the workdirs it was called for."""
-  script = tmp_path / "fake_train.py"
-  script.write_text(FAKE_TRAINER)
-  calls = tmp_path / "calls.jsonl"
-  calls.touch()
-  monkeypatch.setenv("FAKE_CALLS", str(calls))
-  monkeypatch.setattr(executors, "TRAIN_SCRIPT", str(script))
-  monkeypatch.setattr(spec, "tfds_installed", lambda: True)  # (the fake needs no TensorFlow)
-
-  def called():
-    return [json.loads(line) for line in calls.read_text().splitlines()]
-  return called
-
-
-def _launch(sweep, sweep_dir, **kw):
-  logs = []
-  rc = sweep_lib.launch(sweep, str(sweep_dir), log=logs.append, **kw)
-  return rc, logs
+  return install_fake_trainer(tmp_path, monkeypatch, FAKE_TRAINER)
 
 
 # ------------------------------------------------------------------------------------ expansion
@@ -189,7 +175,7 @@ def test_relaunch_skips_finished_and_diverged_reruns_failed_and_interrupted(tmp_
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2;3,batch_exps=6"
   d = tmp_path / "sw"
   monkeypatch.setenv("FAKE_FAIL", "skipinit_a0/lr2^-2")
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert rc == 1 and len(fake()) == 4  # one failed
   classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
   assert [r.name for r in classes["diverged"]] == ["batchnorm/lr2^3", "skipinit_a0/lr2^3"]
@@ -198,14 +184,14 @@ def test_relaunch_skips_finished_and_diverged_reruns_failed_and_interrupted(tmp_
 
   # Relaunch: only the failed run trains again.
   monkeypatch.delenv("FAKE_FAIL")
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert rc == 0 and [c["workdir"] for c in fake()[4:]] == [str(d / "skipinit_a0" / "lr2^-2")]
 
   # An interrupted run (status "running", nobody holds its lock) is re-run; nothing else is.
   (d / "batchnorm" / "lr2^-2" / "status.json").write_text('{"status": "running", "step": 3}')
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert rc == 0 and [c["workdir"] for c in fake()[5:]] == [str(d / "batchnorm" / "lr2^-2")]
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert len(fake()) == 6 and "nothing to do" in logs[-1]
   attempts = (d / executors.ATTEMPTS).read_text().splitlines()
   assert len(attempts) == 6 and json.loads(attempts[0])["state"] in ("completed", "diverged", "failed")
@@ -242,7 +228,7 @@ def test_sigterm_to_the_sweep_stops_its_trainers_and_a_relaunch_resumes(tmp_path
   assert not is_locked(str(run_dir))  # the trainer is gone with its lock
   attempts = [json.loads(l) for l in (d / executors.ATTEMPTS).read_text().splitlines()]
   assert [(a["run"], a["state"]) for a in attempts] == [("batchnorm", "interrupted")]
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert rc == 0 and [c["workdir"] for c in fake()][-2:] == [str(run_dir), str(d / "skipinit_a0")]
 
 
@@ -251,12 +237,12 @@ def test_locked_run_is_left_to_its_worker(tmp_path, fake):
   d = tmp_path / "sw"
   with RunLock(str(d / "batchnorm" / "lr2^-2")) as lock:
     assert lock.acquire()
-    rc, logs = _launch(sweep, d)
+    rc, logs = launch_sweep(sweep, d)
     assert "1 busy" in logs[0]
     assert str(d / "batchnorm" / "lr2^-2") not in [c["workdir"] for c in fake()]
     assert len(fake()) == 3
   # The lock died with its holder: the next launch trains the run.
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert fake()[-1]["workdir"] == str(d / "batchnorm" / "lr2^-2") and len(fake()) == 4 and rc == 0
 
 
@@ -282,7 +268,7 @@ def test_two_concurrent_workers_never_train_the_same_run(tmp_path, fake, monkeyp
 def test_gpus_executor_pins_one_gpu_per_worker(tmp_path, fake, monkeypatch):
   monkeypatch.setattr(executors, "has_gpu", lambda: True)
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
-  rc, logs = _launch(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "1"])
+  rc, logs = launch_sweep(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "1"])
   calls = fake()
   assert rc == 0 and len(calls) == 8 and {c["gpu"] for c in calls} <= {"0", "1"}
   assert any("gpu 1: " in l for l in logs) and not any("no GPU" in l for l in logs)
@@ -293,15 +279,15 @@ def test_gpus_executor_pins_one_gpu_per_worker(tmp_path, fake, monkeypatch):
 def test_slurm_executor_through_submitit_debug_cluster(tmp_path, fake):
   pytest.importorskip("submitit")
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=1,lr_exps=-2;3,batch_exps=6"
-  rc, logs = _launch(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
+  rc, logs = launch_sweep(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
   assert rc == 0 and len(fake()) == 4 and "job array" in logs[1]
-  rc, logs = _launch(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
+  rc, logs = launch_sweep(sweep, tmp_path / "sw", executor="slurm", slurm_cluster="debug")
   assert len(fake()) == 4 and "nothing to do" in logs[-1]
 
 
 def test_dry_run_writes_nothing_and_a_changed_sweep_is_refused(tmp_path, fake):
   d = tmp_path / "sw"
-  rc, logs = _launch(CHEAP_DEPTH, d, dry_run=True)
+  rc, logs = launch_sweep(CHEAP_DEPTH, d, dry_run=True)
   assert rc == 0 and not d.exists() and len(logs) == 2 + 32 and fake() == []
   assert "scripts/train.py" in logs[-1] or "fake_train.py" in logs[-1]
   os.makedirs(d)
@@ -309,12 +295,12 @@ def test_dry_run_writes_nothing_and_a_changed_sweep_is_refused(tmp_path, fake):
   spec.write_manifest(str(d), spec.manifest(spec.load_sweep(CHEAP_DEPTH), runs))
   # No run has started: the directory is not pinned yet (a dry run says a launch replaces it).
   other = CHEAP_DEPTH.replace("seeds=2", "seeds=1")
-  rc, logs = _launch(other, d, dry_run=True)
+  rc, logs = launch_sweep(other, d, dry_run=True)
   assert rc == 0 and "none of whose runs started: a launch replaces it" in logs[0]
   (d / runs[3].name).mkdir(parents=True)
   (d / runs[3].name / "config.json").write_text("{}")  # a trainer started this one
   with pytest.raises(spec.SweepError, match=r"holds a different sweep .*1 started.*: 32 runs -> 16"):
-    _launch(other, d, dry_run=True)
+    launch_sweep(other, d, dry_run=True)
 
 
 def test_script_reports_bad_input_in_one_line(tmp_path):
@@ -353,7 +339,7 @@ def test_an_executor_that_cannot_run_leaves_the_sweep_dir_unpinned(tmp_path, mon
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
   monkeypatch.setattr(executors, "has_gpu", lambda: True)  # (without one: CPU workers, below)
   with pytest.raises(spec.SweepError, match="found no GPUs"):
-    _launch(CHEAP_DEPTH, tmp_path / "sw", executor="gpus")
+    launch_sweep(CHEAP_DEPTH, tmp_path / "sw", executor="gpus")
   assert not (tmp_path / "sw").exists()  # a later launch with another grid is not refused
 
 
@@ -366,11 +352,11 @@ def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunche
   d = tmp_path / "sw"
   # A path that does not exist is refused before anything starts (or pins the directory).
   with pytest.raises(spec.SweepError, match="data.path='/no/such/cifar' does not exist"):
-    _launch(sweep + "/no/such/cifar", d)
+    launch_sweep(sweep + "/no/such/cifar", d)
   assert not d.exists()
   empty, other = tmp_path / "empty", tmp_path / "other"
   empty.mkdir(), other.mkdir()
-  rc, logs = _launch(sweep + str(empty), d)
+  rc, logs = launch_sweep(sweep + str(empty), d)
   assert rc == 1 and "REFUSED: error: no train images found" in logs[-3]
   assert "refused by the trainer" in logs[-1] and "resume from their checkpoints" not in logs[-1]
   status = json.loads((d / "batchnorm" / "status.json").read_text())
@@ -378,12 +364,12 @@ def test_a_refused_run_is_failed_with_its_reason_and_a_fixed_data_path_relaunche
   classes = executors.classify(str(d), spec.runs_from_manifest(spec.read_manifest(str(d))))
   assert [r.name for r in classes["failed"]] == ["batchnorm"]
   # The refused run never started: the directory is not pinned (another grid would replace it).
-  rc, logs = _launch(sweep.replace("lr_exps=-2", "lr_exps=-3") + str(empty), d, dry_run=True)
+  rc, logs = launch_sweep(sweep.replace("lr_exps=-2", "lr_exps=-3") + str(empty), d, dry_run=True)
   assert rc == 0 and "none of whose runs started" in logs[0]
-  rc, logs = _launch(sweep + str(other), d, dry_run=True)
+  rc, logs = launch_sweep(sweep + str(other), d, dry_run=True)
   assert rc == 0 and "1 failed" in logs[0] and f"--config.data.path={other}" in logs[-1]
   # Relaunched for real: refused again (this attempt's reason), and sweep.json names the new path.
-  rc, logs = _launch(sweep + str(other), d)
+  rc, logs = launch_sweep(sweep + str(other), d)
   assert rc == 1 and str(other) in json.loads((d / "batchnorm" / "status.json").read_text())["error"]
   assert spec.read_manifest(str(d))["arg"].endswith(f"data.path={other}")
 
@@ -436,7 +422,7 @@ def test_run_names_use_the_exponent_and_an_old_directory_keeps_its_names(tmp_pat
   (d / "sweep.json").write_text(json.dumps(m))
   (d / old_names[0]).mkdir(parents=True)
   (d / old_names[0] / "status.json").write_text('{"status": "completed", "test_acc": 0.5}')
-  rc, logs = _launch(sweep, d)
+  rc, logs = launch_sweep(sweep, d)
   assert rc == 0 and "1 completed, 1 new" in logs[0]
   assert [c["workdir"] for c in fake()] == [str(d / old_names[1])]  # the finished one not redone
   assert sorted(os.listdir(d / "batchnorm")) == ["lr0.125", "lr1.2676506002282294e+30"]
@@ -447,11 +433,11 @@ def test_without_tensorflow_the_default_data_is_refused_before_the_directory_is_
     tmp_path, fake, monkeypatch):
   monkeypatch.setattr(spec, "tfds_installed", lambda: False)
   d = tmp_path / "sw"
-  rc, logs = _launch(SMALL_BS, d, dry_run=True)  # the dry run says what would fail
+  rc, logs = launch_sweep(SMALL_BS, d, dry_run=True)  # the dry run says what would fail
   assert rc == 0 and logs[0].startswith("warning: data.source=tfds (the default) needs TensorFlow")
   assert "--data=PATH" in logs[0] and "a launch here would refuse to start" in logs[0]
   with pytest.raises(spec.SweepError, match="needs TensorFlow"):
-    _launch(SMALL_BS, d)
+    launch_sweep(SMALL_BS, d)
   assert not d.exists() and fake() == []
   # A directory an earlier launch pinned though every run was refused (as before this check):
   # a relaunch with --data replaces its sweep.
@@ -463,7 +449,7 @@ def test_without_tensorflow_the_default_data_is_refused_before_the_directory_is_
         {"status": "failed", "refused": True, "error": "error: data.source=tfds needs ..."}))
   data = tmp_path / "cifar10-jpeg.tar.gz"
   data.write_bytes(b"")  # (the fake trainer reads nothing)
-  rc, logs = _launch(SMALL_BS, d, data=str(data))
+  rc, logs = launch_sweep(SMALL_BS, d, data=str(data))
   assert rc == 0 and "none of whose runs started: replaced by this one" in logs[0]
   assert len(fake()) == 2
   assert all(r["overrides"]["data.source"] == "folder" and r["overrides"]["data.path"] == str(data)
@@ -472,24 +458,24 @@ def test_without_tensorflow_the_default_data_is_refused_before_the_directory_is_
   assert spec.load_sweep(sweep_lib.with_data(SMALL_BS, str(data)))["runs"] == spec.load_sweep(
       SMALL_BS + f",data.source=folder,data.path={data}")["runs"]
   with pytest.raises(spec.SweepError, match="both say where the data is"):
-    _launch(SMALL_BS + ",data.path=/x", d, data=str(data))
+    launch_sweep(SMALL_BS + ",data.path=/x", d, data=str(data))
   # Runs have started now: other data is another sweep (its results would differ).
   monkeypatch.setattr(spec, "tfds_installed", lambda: True)
   with pytest.raises(spec.SweepError, match=r"2 started.*data.source 'folder' -> 'tfds'"):
-    _launch(SMALL_BS, d)
+    launch_sweep(SMALL_BS, d)
 
 
 def test_gpus_executor_without_a_gpu_trains_on_cpu_workers(tmp_path, fake, monkeypatch):
   monkeypatch.setattr(executors, "has_gpu", lambda: False)
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
   sweep = os.path.join(SWEEPS, "batch_size.py") + ":epochs=1,seeds=2,lr_exps=-2:-1,batch_exps=6"
-  rc, logs = _launch(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "0"])
+  rc, logs = launch_sweep(sweep, tmp_path / "sw", executor="gpus", gpus=["0", "0"])
   assert rc == 0 and len(fake()) == 8
   assert logs[0] == ("no GPU here (nvidia-smi lists none): --executor=gpus trains on the CPU "
                      "with 2 local workers instead")
   assert sum("GPU" in l or "gpu " in l for l in logs) == 1, logs
   assert all(c["gpu"] is None for c in fake()) and any("] worker " in l for l in logs)
-  rc, logs = _launch(sweep.replace("seeds=2", "seeds=1"), tmp_path / "sw2", executor="gpus")
+  rc, logs = launch_sweep(sweep.replace("seeds=2", "seeds=1"), tmp_path / "sw2", executor="gpus")
   assert rc == 0 and "with 1 local worker instead (--gpus=0,0 gives two)" in logs[0]
 
 
@@ -497,17 +483,17 @@ def test_trainers_share_a_compilation_cache_and_the_manifest_holds_no_local_path
     tmp_path, fake, monkeypatch):
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   d = tmp_path / "sw"
-  _launch(SMALL_BS, d)
+  launch_sweep(SMALL_BS, d)
   assert {c["jax_cache"] for c in fake()} == {os.path.join(str(d), ".jax_cache")}
   m = spec.read_manifest(str(d))
   assert (m["config"], m["sweep_file"]) == ("configs/cifar10_wrn.py", "configs/sweeps/batch_size.py")
   # A manifest written with another machine's absolute paths is the same sweep here.
   m["config"] = "/home/someone/skipinit/configs/cifar10_wrn.py"
   (d / "sweep.json").write_text(json.dumps(m))
-  rc, logs = _launch(SMALL_BS, d)
+  rc, logs = launch_sweep(SMALL_BS, d)
   assert rc == 0 and "nothing to do" in logs[-1]
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))  # the user's wins
-  _launch(SMALL_BS.replace("lr_exps=-2", "lr_exps=-1"), tmp_path / "sw2")
+  launch_sweep(SMALL_BS.replace("lr_exps=-2", "lr_exps=-1"), tmp_path / "sw2")
   assert fake()[-1]["jax_cache"] == str(tmp_path / "mine")
 
 

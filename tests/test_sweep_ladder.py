@@ -21,8 +21,10 @@ import pytest
 
 from skipinit import rundir, sweep as sweep_lib
 from skipinit.analysis import tables
-from skipinit.sweep import executors, spec
+from skipinit.sweep import spec
 from skipinit.sweep.lock import is_locked
+
+from conftest import install_fake_trainer, launch_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = os.path.join(REPO, "configs", "sweeps", "batch_size.py")
@@ -58,20 +60,7 @@ FAKE_TRAINER = textwrap.dedent("""\
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
   """The fake train script; returns a function listing the workdirs it was called for."""
-  script = tmp_path / "fake_train.py"
-  script.write_text(FAKE_TRAINER)
-  calls = tmp_path / "calls.jsonl"
-  calls.touch()
-  monkeypatch.setenv("FAKE_CALLS", str(calls))
-  monkeypatch.setattr(executors, "TRAIN_SCRIPT", str(script))
-  monkeypatch.setattr(spec, "tfds_installed", lambda: True)  # (the fake needs no TensorFlow)
-  return lambda: [json.loads(line) for line in calls.read_text().splitlines()]
-
-
-def _launch(sweep, sweep_dir, **kw):
-  logs = []
-  rc = sweep_lib.launch(sweep, str(sweep_dir), log=logs.append, **kw)
-  return rc, logs
+  return install_fake_trainer(tmp_path, monkeypatch, FAKE_TRAINER)
 
 
 PICKS = ("status", "best_lr", "best_lr_at_grid_edge", "best_lr_by_train_loss",
@@ -84,7 +73,7 @@ def _picks(sweep_dir) -> dict:
 
 
 def _grid_picks(tmp_path):
-  rc, _ = _launch(SWEEP, tmp_path / "grid", executor="gpus", gpus=["0", "0"])
+  rc, _ = launch_sweep(SWEEP, tmp_path / "grid", executor="gpus", gpus=["0", "0"])
   assert rc == 0
   return _picks(tmp_path / "grid")
 
@@ -92,7 +81,7 @@ def _grid_picks(tmp_path):
 def test_ladder_sweep_trains_only_what_it_needs_picks_as_the_grid_and_a_relaunch_trains_nothing(
     tmp_path, fake):
   d = tmp_path / "ladder"
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
   assert rc == 0, logs
   assert "search ended in 2 of 2 cells" in "\n".join(logs)
   trained = [c["workdir"] for c in fake()]
@@ -104,15 +93,15 @@ def test_ladder_sweep_trains_only_what_it_needs_picks_as_the_grid_and_a_relaunch
   assert grid[(128, "skipinit_a0")]["largest_stable_lr_is_lower_bound"] is False
   # One worker: batch 64's search ends first, and batch 128's centre follows its best (2^-3 x
   # 128/64), the optimum; the same picks.
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", tmp_path / "local")
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", tmp_path / "local")
   assert rc == 0 and _picks(tmp_path / "local") == grid
   assert "next: skipinit_a0/bs128_lr2^-2_seed0 (centre)" in logs, logs
 
   # The run directories are the state: a relaunch recomputes the search and trains nothing.
   n = len(fake())
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
   assert rc == 0 and len(fake()) == n and "search ended in 2 of 2 cells" in "\n".join(logs)
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d)  # (the local executor: the same)
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d)  # (the local executor: the same)
   assert rc == 0 and len(fake()) == n
 
   # Tables: the runs the search did not need are "not needed", counted nowhere.
@@ -133,15 +122,15 @@ def test_ladder_sweep_trains_only_what_it_needs_picks_as_the_grid_and_a_relaunch
 
 def test_dry_run_lists_the_next_runs_and_why_and_writes_nothing(tmp_path, fake):
   d = tmp_path / "sw"
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, dry_run=True)
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, dry_run=True)
   assert rc == 0 and not d.exists()
   text = "\n".join(logs)
   assert "next skipinit_a0/bs64_lr2^-4_seed0  (centre)" in text
   assert "not started; centre 2^-4 (the grid's middle)" in text
   # Train batch 64's centre only (--filter), then ask again: the walks' next rates and reasons.
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, run_filter=r"bs64_lr2\^-4_")
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, run_filter=r"bs64_lr2\^-4_")
   assert rc == 0 and len(fake()) == 2
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, dry_run=True)
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, dry_run=True)
   text = "\n".join(logs)
   assert "next skipinit_a0/bs64_lr2^-3_seed0  (above: climbing to the largest stable lr)" in text
   assert "next skipinit_a0/bs64_lr2^-5_seed1  (below best, 0 of 2 worse)" in text
@@ -155,11 +144,11 @@ def test_bad_search_input_is_one_error_and_writes_nothing(tmp_path, fake):
                     ("lr_search=ladder,lr_patience=0", "patience=0 is not allowed"),
                     ("lr_climb=true", "lr_climb applies to lr_search=ladder only")]:
     with pytest.raises(sweep_lib.SweepError, match=says):
-      _launch(small + "," + arg, d)
+      launch_sweep(small + "," + arg, d)
     assert not d.exists()
   with pytest.raises(sweep_lib.SweepError, match="no learning-rate axis|unknown sweep knob"):
     spec.parse_arg("lr_search=ladder", lambda epochs=1.0: [])
-  rc, _ = _launch(small + ",lr_search=ladder", d)
+  rc, _ = launch_sweep(small + ",lr_search=ladder", d)
   assert rc == 0
   manifest = (d / spec.MANIFEST).read_text()
   assert json.loads(manifest)["search"] == {"lr_search": "ladder", "lr_patience": 2,
@@ -171,7 +160,7 @@ def test_bad_search_input_is_one_error_and_writes_nothing(tmp_path, fake):
                     (small + ",lr_search=ladder,lr_climb=false", "lr_climb=true -> .*climb=false"),
                     (wider + ",lr_search=ladder", "3 runs -> 4")]:
     with pytest.raises(sweep_lib.SweepError, match=says):
-      _launch(arg, d)
+      launch_sweep(arg, d)
     assert (d / spec.MANIFEST).read_text() == manifest
   p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "sweep.py"),
                       f"--sweep={small},lr_search=ladder,lr_patience=0", f"--sweep_dir={d}x"],
@@ -223,7 +212,7 @@ def test_kill_9_mid_wave_then_a_relaunch_ends_with_the_same_picks(tmp_path, fake
   assert finished and cut
 
   n = len(fake())
-  rc, logs = _launch(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
+  rc, logs = launch_sweep(SWEEP + ",lr_search=ladder", d, executor="gpus", gpus=["0", "0"])
   assert rc == 0, logs
   again = [c["workdir"] for c in fake()[n:]]
   assert not finished & set(again) and len(again) == len(set(again))  # never a run twice
@@ -241,21 +230,21 @@ def test_slurm_submits_the_current_wave_and_wait_goes_on_until_the_search_ends(t
   small = BATCH + ":epochs=1,seeds=1,lr_exps=-8:3,batch_exps=6,methods=skipinit_a0,lr_search=ladder"
   d = tmp_path / "sw"
   # Without --wait: one wave (the centre), then the next launch submits the next wave.
-  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug")
+  rc, logs = launch_sweep(small, d, executor="slurm", slurm_cluster="debug")
   assert rc == 0 and [c["workdir"] for c in fake()] == [str(d / "skipinit_a0" / "lr2^-3")]
   assert any("submitted a wave of 1 runs" in line for line in logs)
-  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug")
+  rc, logs = launch_sweep(small, d, executor="slurm", slurm_cluster="debug")
   assert rc == 0 and len(fake()) == 3  # 2^-2 (above) and 2^-4 (below), one wave
   # --wait: wave after wave until the search has ended; then nothing is submitted.
-  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
+  rc, logs = launch_sweep(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
   assert rc == 0 and "search ended in 1 of 1 cells" in "\n".join(logs)
   assert sum("submitted a wave" in line for line in logs) >= 2
   n = len(fake())
   assert n < 12 and len({c["workdir"] for c in fake()}) == n
-  rc, logs = _launch(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
+  rc, logs = launch_sweep(small, d, executor="slurm", slurm_cluster="debug", wait=True, poll_s=0.1)
   assert rc == 0 and len(fake()) == n and not any("submitted" in line for line in logs)
   grid = BATCH + ":epochs=1,seeds=1,lr_exps=-8:3,batch_exps=6,methods=skipinit_a0"
-  rc, _ = _launch(grid, tmp_path / "grid")
+  rc, _ = launch_sweep(grid, tmp_path / "grid")
   assert rc == 0 and _picks(d) == _picks(tmp_path / "grid")
 
 
