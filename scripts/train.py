@@ -86,10 +86,7 @@ def main(argv):
     return 0
   from skipinit.train import train_and_evaluate  # after flag parsing: imports JAX
   try:
-    note = cfg_lib.fit_ghost_batch(config)
-    if note:
-      logging.warning(note)
-    status = train_and_evaluate(config, _WORKDIR.value)
+    status = train_and_evaluate(config, _WORKDIR.value)  # (it applies cfg_lib.fit_ghost_batch)
   except SkipInitError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   a diverged run is a result, not a number).
   """
   sharding.maybe_initialize_distributed()
-  note = cfg_lib.fit_ghost_batch(config)  # the rule of train.py and the sweeps, for library callers
+  note = cfg_lib.fit_ghost_batch(config)  # the sweeps apply it too (their manifests)
   if note:
     logging.warning(note)
   cfg_lib.validate(config)
