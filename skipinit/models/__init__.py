@@ -110,6 +110,6 @@ def num_residual_blocks(model_config) -> int:
   return sum(s.num_blocks for s in stage_specs(model_config))
 
 
-__all__ = ["build_model", "model_parts", "check_ghost_batch", "ghost_batch", "num_residual_blocks", "stage_specs",
-           "wrn_blocks_per_stage", "Recipe", "RECIPES", "make_recipe", "parse_alpha_init",
+__all__ = ["build_model", "model_parts", "check_ghost_batch", "ghost_batch", "num_residual_blocks",
+           "stage_specs", "wrn_blocks_per_stage", "Recipe", "RECIPES", "make_recipe", "parse_alpha_init",
            "PreActBlock", "ResNet", "StageSpec", "FAMILIES", "DTYPES"]
